@@ -1,0 +1,255 @@
+"""The contract every afx effect follows.
+
+An effect is a ``torch.nn.Module`` built for one sample rate with structural ``options`` (e.g. the
+number of EQ peaks). Its parameters are declared once, as :class:`~afxcli.params.ParamSpec` objects,
+in a fixed order. The torch form processes ``x`` of shape ``(batch, channels, samples)`` with
+physical-unit parameters shaped either
+
+- ``(batch, n_params)``: static, or
+- ``(batch, n_params, blocks)``: time-varying, held constant over consecutive blocks of
+  ``block_size`` samples (block ``k`` covers samples ``[k*block_size, (k+1)*block_size)``), which is
+  exactly how a pedalboard render that updates parameters between ``reset=False`` chunks behaves.
+
+Where pedalboard has the effect, :meth:`Effect.to_pedalboard` builds its **twin**: plugins that
+render the same output as :meth:`Effect.forward` in ``mode="exact"``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import AfxError
+from ..params import ParamSpec
+
+#: Registry of effect classes by their ``kind`` (the ``type`` field of a chain spec).
+REGISTRY: dict[str, type["Effect"]] = {}
+
+
+def register(cls: type["Effect"]) -> type["Effect"]:
+    """Class decorator adding an effect to :data:`REGISTRY` under ``cls.kind``."""
+    if not getattr(cls, "kind", None):
+        raise TypeError(f"{cls.__name__} has no kind")
+    if cls.kind in REGISTRY and REGISTRY[cls.kind] is not cls:
+        raise TypeError(f"effect kind {cls.kind!r} registered twice")
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def expand_blocks(p: torch.Tensor, n_samples: int, block_size: int | None) -> torch.Tensor:
+    """Hold time-varying parameters per block: ``(batch, n, blocks)`` -> ``(batch, n, samples)``.
+
+    Static ``(batch, n)`` input is returned as ``(batch, n, 1)`` (broadcasts over samples).
+    ``block_size=None`` means ``ceil(samples / blocks)``. The last block's value extends to the end.
+    """
+    if p.dim() == 2:
+        return p.unsqueeze(-1)
+    if p.dim() != 3:
+        raise ValueError(f"parameters must be (batch, n) or (batch, n, blocks), got {tuple(p.shape)}")
+    blocks = p.shape[-1]
+    if block_size is None:
+        block_size = max(1, math.ceil(n_samples / blocks))
+    idx = torch.clamp(torch.arange(n_samples, device=p.device) // block_size, max=blocks - 1)
+    return p.index_select(-1, idx)
+
+
+class Effect(torch.nn.Module):
+    """Base class of afx effects. Subclasses set :attr:`kind` and implement :meth:`_make_specs`
+    and :meth:`process`; those with a pedalboard twin implement :meth:`to_pedalboard` (and
+    :meth:`update_pedalboard` if parameters can change between streamed chunks)."""
+
+    #: Registry name, used as ``type`` in chain specs.
+    kind: ClassVar[str] = ""
+    #: Whether :meth:`forward` carries gradients to the parameters (False for black boxes).
+    differentiable: ClassVar[bool] = True
+    #: Whether :meth:`to_pedalboard` exists for this effect.
+    has_twin: ClassVar[bool] = False
+
+    def __init__(self, sample_rate: float, **options: Any) -> None:
+        super().__init__()
+        if not (isinstance(sample_rate, (int, float)) and math.isfinite(sample_rate) and sample_rate > 0):
+            raise AfxError(f"{self.kind}: invalid sample rate {sample_rate!r}")
+        self.sample_rate = float(sample_rate)
+        self.options: dict[str, Any] = dict(options)
+        self._specs: tuple[ParamSpec, ...] = tuple(self._make_specs())
+        names = [s.name for s in self._specs]
+        if len(set(names)) != len(names):
+            raise TypeError(f"{self.kind}: duplicate parameter names {names}")
+
+    # ----- parameters -------------------------------------------------------------------------
+    def _make_specs(self) -> Sequence[ParamSpec]:
+        """Parameter specs for ``self.sample_rate`` and ``self.options`` (in a fixed order)."""
+        raise NotImplementedError
+
+    @property
+    def specs(self) -> tuple[ParamSpec, ...]:
+        return self._specs
+
+    @property
+    def param_names(self) -> list[str]:
+        return [s.name for s in self._specs]
+
+    def spec(self, name: str) -> ParamSpec:
+        for s in self._specs:
+            if s.name == name:
+                return s
+        raise AfxError(f"{self.kind} has no parameter {name!r} (it has: {', '.join(self.param_names)})")
+
+    def default_values(self) -> dict[str, float]:
+        return {s.name: s.default for s in self._specs}
+
+    def random_values(self, rng: np.random.Generator) -> dict[str, float]:
+        """Uniform draw in normalized space (log parameters are log-uniform)."""
+        return {s.name: float(s.denormalize(float(rng.uniform()))) for s in self._specs}
+
+    def check_values(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Complete ``values`` with defaults and validate every one (one-line :class:`AfxError`)."""
+        unknown = set(values) - set(self.param_names)
+        if unknown:
+            raise AfxError(
+                f"{self.kind}: unknown parameter(s) {', '.join(sorted(unknown))} "
+                f"(it has: {', '.join(self.param_names)})"
+            )
+        out = self.default_values()
+        for k, v in values.items():
+            out[k] = self.spec(k).validate(v, where=self.kind)
+        return out
+
+    def values_to_tensor(self, values: Mapping[str, float], batch: int = 1,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``{name: value}`` -> physical parameter tensor ``(batch, n_params)``."""
+        full = self.check_values(values)
+        row = torch.tensor([full[n] for n in self.param_names], dtype=dtype)
+        return row.unsqueeze(0).repeat(batch, 1)
+
+    # ----- torch processing -------------------------------------------------------------------
+    @property
+    def latency_samples(self) -> int:
+        """Latency of the pedalboard twin (the torch forward is always time-aligned)."""
+        return 0
+
+    def forward(self, x: torch.Tensor, params: torch.Tensor, block_size: int | None = None,
+                mode: str = "exact") -> torch.Tensor:
+        """Process ``x`` ``(batch, channels, samples)`` with physical ``params`` ``(batch, n)`` or
+        ``(batch, n, blocks)``. ``mode="exact"`` is the inference/twin path; ``mode="train"``
+        may use a faster approximation (e.g. frequency-sampled filters) where the effect has one.
+        Returns ``(batch, channels, samples)``."""
+        if x.dim() != 3:
+            raise ValueError(f"{self.kind}: audio must be (batch, channels, samples), got {tuple(x.shape)}")
+        if params.dim() not in (2, 3) or params.shape[0] != x.shape[0] or params.shape[1] != len(self._specs):
+            raise ValueError(
+                f"{self.kind}: params must be (batch={x.shape[0]}, n={len(self._specs)}[, blocks]), "
+                f"got {tuple(params.shape)}"
+            )
+        if mode not in ("exact", "train"):
+            raise ValueError(f"mode must be 'exact' or 'train', not {mode!r}")
+        return self.process(x, params, block_size, mode)
+
+    def process(self, x: torch.Tensor, params: torch.Tensor, block_size: int | None,
+                mode: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def param(self, params: torch.Tensor, name: str, n_samples: int | None = None,
+              block_size: int | None = None) -> torch.Tensor:
+        """One parameter from a ``(batch, n[, blocks])`` tensor: ``(batch, 1)`` if static, or
+        ``(batch, samples)`` held per block if time-varying and ``n_samples`` is given."""
+        i = self.param_names.index(name)
+        p = params[:, i]
+        if p.dim() == 1:
+            return p.unsqueeze(-1)
+        if n_samples is None:
+            return p
+        return expand_blocks(p.unsqueeze(1), n_samples, block_size)[:, 0]
+
+    # ----- pedalboard twin --------------------------------------------------------------------
+    def to_pedalboard(self, values: Mapping[str, float]) -> list:
+        """pedalboard plugins rendering this effect with ``values`` (physical units)."""
+        raise AfxError(f"effect {self.kind!r} has no pedalboard twin")
+
+    def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
+        """Set new ``values`` on plugins made by :meth:`to_pedalboard`, keeping their state."""
+        raise AfxError(f"effect {self.kind!r} cannot be automated through pedalboard")
+
+    # ----- description ------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """JSON-able description: kind, options and parameter specs."""
+        return {"type": self.kind, "options": dict(self.options),
+                "params": [s.to_dict() for s in self._specs]}
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, sample_rate={self.sample_rate:g}, options={self.options}"
+
+
+class Renderer:
+    """Stateful block renderer of one effect with fixed-then-updatable values (inference path).
+
+    Audio blocks are NumPy float32 ``(channels, samples)`` at the sample rate the effect was built
+    for. ``process(block, reset=False)`` over consecutive blocks must equal one long render.
+    Latency conventions (see :mod:`afxcli.render`, which compensates both):
+
+    - ``delays_stream = False`` (pedalboard built-ins): the first ``latency_samples`` of output
+      are withheld (a chunk may come back shorter); feeding ``latency_samples`` of zeros flushes.
+    - ``delays_stream = True`` (VST3 plugins): each chunk comes back at full length, the whole
+      stream delayed by ``latency_samples``.
+    """
+
+    delays_stream: bool = False
+
+    def set_values(self, values: Mapping[str, float]) -> None:
+        raise NotImplementedError
+
+    def process(self, block: np.ndarray, reset: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def latency_samples(self) -> int:
+        return 0
+
+
+class PedalboardRenderer(Renderer):
+    """Renderer over an effect's pedalboard twin (``Effect.to_pedalboard``)."""
+
+    delays_stream = False
+
+    def __init__(self, effect: "Effect", values: Mapping[str, float]) -> None:
+        import pedalboard
+
+        self.effect = effect
+        self.values = effect.check_values(values)
+        self.plugins = effect.to_pedalboard(self.values)
+        self.board = pedalboard.Pedalboard(self.plugins)
+        self._latency: int | None = None
+
+    def set_values(self, values: Mapping[str, float]) -> None:
+        new = self.effect.check_values(values)
+        if new != self.values:
+            self.effect.update_pedalboard(self.plugins, new)
+            self.values = new
+
+    def process(self, block: np.ndarray, reset: bool = False) -> np.ndarray:
+        return self.board(np.ascontiguousarray(block, dtype=np.float32), self.effect.sample_rate, reset=reset)
+
+    @property
+    def latency_samples(self) -> int:
+        """Samples a fresh twin withholds in streaming, measured once on silence."""
+        if self._latency is None:
+            import pedalboard
+
+            probe = pedalboard.Pedalboard(self.effect.to_pedalboard(self.values))
+            n = 1 << 15
+            out = probe(np.zeros((1, n), np.float32), self.effect.sample_rate, reset=False)
+            self._latency = n - out.shape[-1]
+        return self._latency
+
+
+def make_renderer(effect: Effect, values: Mapping[str, float]) -> Renderer | None:
+    """The inference renderer of ``effect`` (its own ``make_renderer`` if it defines one, else its
+    pedalboard twin), or ``None`` when it has neither (then the exact torch form renders it)."""
+    own = getattr(effect, "make_renderer", None)
+    if own is not None:
+        return own(values)
+    if effect.has_twin:
+        return PedalboardRenderer(effect, values)
+    return None
