@@ -1,0 +1,119 @@
+"""Inference rendering of a chain: pedalboard (or a plugin) where an effect has a renderer, the exact
+torch form where it does not; static values or a parameter trace; any sample rate; full length.
+
+Automation streams blocks through each effect with ``reset=False`` and sets new values at block
+boundaries (DESIGN.md §2: pedalboard applies changed parameters at the chunk boundary). Latency is
+compensated so the output has the input's exact length and alignment:
+
+- pedalboard built-ins withhold their latency ``L`` in streaming: ``L`` zeros are fed at the end to
+  flush, and the output is the first ``T`` samples;
+- VST3 plugins delay the stream by ``L``: ``L`` zeros are fed at the end and the first ``L`` samples
+  are dropped.
+
+Effects are rendered one after the other over the whole signal (effects are causal and in series,
+so this equals interleaving them block by block).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .effects.base import Effect, make_renderer
+from .effects.chain import Chain
+from .errors import AfxError
+from .trace import ParameterTrace, trace_specs
+
+#: Default control block for automation (samples at the render rate).
+DEFAULT_BLOCK_SIZE = 256
+
+
+def _stream(renderer, audio: np.ndarray, blocks: Sequence[Mapping[str, float]] | None,
+            block_size: int) -> np.ndarray:
+    """Feed ``audio`` ``(channels, samples)`` through ``renderer`` in blocks, updating values per
+    block (``blocks[k]`` for block ``k``; ``None`` = one block), flush and align."""
+    n = audio.shape[-1]
+    outs = []
+    if blocks is None:
+        outs.append(renderer.process(audio, reset=False))
+    else:
+        for k, vals in enumerate(blocks):
+            seg = audio[:, k * block_size:(k + 1) * block_size]
+            if seg.shape[-1] == 0:
+                break
+            renderer.set_values(vals)
+            outs.append(renderer.process(seg, reset=False))
+    lat = int(renderer.latency_samples)
+    if lat > 0:
+        outs.append(renderer.process(np.zeros((audio.shape[0], lat), np.float32), reset=False))
+    y = np.concatenate([o for o in outs if o.size] or [np.zeros((audio.shape[0], 0), np.float32)], axis=-1)
+    y = y[:, lat:lat + n] if renderer.delays_stream else y[:, :n]
+    if y.shape[-1] != n:
+        raise AfxError(f"internal: renderer returned {y.shape[-1]} samples for {n} (latency {lat})")
+    return y
+
+
+def render_effect(effect: Effect, audio: np.ndarray, values: Mapping[str, float] | None = None,
+                  blocks: Sequence[Mapping[str, float]] | None = None,
+                  block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+    """Render one effect on ``audio`` ``(channels, samples)`` float32 with static ``values`` or
+    per-block ``blocks`` (list of value dicts, one per ``block_size`` samples). Returns
+    ``(channels, samples)`` float32."""
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    first = effect.check_values(values if blocks is None else blocks[0])
+    renderer = make_renderer(effect, first)
+    if renderer is not None:
+        checked = None if blocks is None else [effect.check_values(b) for b in blocks]
+        return _stream(renderer, audio, checked, block_size)
+    # exact torch form
+    names = effect.param_names
+    if blocks is None:
+        p = torch.tensor([[first[nm] for nm in names]], dtype=torch.float64)
+    else:
+        full = [effect.check_values(b) for b in blocks]
+        p = torch.tensor([[[b[nm] for b in full] for nm in names]], dtype=torch.float64)
+    with torch.no_grad():
+        y = effect(torch.from_numpy(audio).to(torch.float64).unsqueeze(0), p,
+                   block_size=None if blocks is None else block_size, mode="exact")
+    return y[0].to(torch.float32).numpy()
+
+
+def render_chain(chain: Chain, audio: np.ndarray,
+                 values: Sequence[Mapping[str, float]] | ParameterTrace | None = None,
+                 block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+    """Render ``audio`` ``(channels, samples)`` (at ``chain.sample_rate``) through ``chain``.
+
+    ``values``: per-effect physical values (static), a :class:`ParameterTrace` (automation; it is
+    resampled to ``block_size`` control blocks at the chain's rate, so a trace made at another
+    rate or hop applies at the same times), or ``None`` for fixed/default values.
+    Returns float32 ``(channels, samples)``, same length and alignment as the input.
+    """
+    if audio.ndim != 2:
+        raise AfxError(f"audio must be (channels, samples), got shape {audio.shape}")
+    y = np.ascontiguousarray(audio, dtype=np.float32)
+    if values is None:
+        values = chain.base_values()
+    if isinstance(values, ParameterTrace):
+        tr = values
+        base = Chain.flatten(chain.labels, chain.base_values())
+        if tr.is_static:
+            flat = {**base, **tr.frame_values(0)}
+            return render_chain(chain, y, chain.values_from_flat({k: flat[k] for k in chain.keys()}), block_size)
+        blk = tr.to_blocks(block_size, chain.sample_rate, trace_specs(chain), n_samples=y.shape[-1])
+        for i, (lab, fx) in enumerate(zip(chain.labels, chain.effects)):
+            keys = [f"{lab}.{n}" for n in fx.param_names]
+            if all(k not in blk.params or np.all(blk.params[k] == blk.params[k][0]) for k in keys):
+                vals = {n: (float(blk.params[k][0]) if k in blk.params else base[k])
+                        for n, k in zip(fx.param_names, keys)}
+                y = render_effect(fx, y, vals)
+                continue
+            blocks = [{n: (float(blk.params[k][b]) if k in blk.params else base[k])
+                       for n, k in zip(fx.param_names, keys)} for b in range(blk.n_frames)]
+            y = render_effect(fx, y, blocks=blocks, block_size=block_size)
+        return y
+    if len(values) != len(chain.effects):
+        raise AfxError(f"expected values for {len(chain.effects)} effects, got {len(values)}")
+    for fx, vals in zip(chain.effects, values):
+        y = render_effect(fx, y, vals)
+    return y
