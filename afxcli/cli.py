@@ -1,0 +1,300 @@
+"""The ``afx`` command line: one thin function per subcommand, no DSP here.
+
+``main()`` is the console-script entry point. It runs the Typer app and turns failures into one
+line on stderr, never a traceback:
+
+- :class:`~afxcli.errors.AfxError` (bad input, bad value) -> ``afx: error: <message>``, exit 2;
+- a command-line usage error -> click's usage message, exit 2;
+- anything unexpected -> ``afx: internal error: <Type>: <message>``, exit 1
+  (set ``AFX_DEBUG=1`` to get the traceback instead).
+
+Batch commands take many inputs (files or folders of audio files), write outputs with
+:func:`output_paths` (``-o OUT`` for one input, ``--out-dir DIR`` for many, otherwise next to
+the input with a suffix), never overwrite an input, and exit 0 only when every file succeeded:
+a failing file prints its own ``afx: error:`` line and the others still run (:func:`run_each`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, TypeVar
+
+import typer
+
+from . import __version__
+from .errors import AfxError
+
+def _click_exception_class() -> type:
+    """click's ClickException, whether typer vendors click (typer >= 0.20) or depends on it."""
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == "ClickException":
+            return cls
+    raise ImportError("typer.BadParameter does not derive from ClickException")  # pragma: no cover
+
+
+_ClickException = _click_exception_class()
+_ClickExit = typer.Exit
+_ClickAbort = typer.Abort
+
+#: Exit status for user errors (AfxError, usage errors) and for batches with a failed file.
+EXIT_USER_ERROR = 2
+#: Exit status for unexpected internal errors.
+EXIT_INTERNAL_ERROR = 1
+
+app = typer.Typer(
+    name="afx",
+    help="Audio production with interpretable effect chains driven by small neural networks.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class _State:
+    quiet: bool = False
+
+
+STATE = _State()
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+# ---------------------------------------------------------------------------------------------
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def error_line(message: object) -> None:
+    """Print ``afx: error: <message>`` (one line) on stderr."""
+    print(f"afx: error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    """Print a progress/status note on stderr unless ``--quiet``."""
+    if not STATE.quiet:
+        print(_one_line(message), file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch helpers
+# ---------------------------------------------------------------------------------------------
+def expand_inputs(paths: Sequence[Path | str], recursive: bool = False) -> list[Path]:
+    """Files as given, folders replaced by the audio files inside them (by extension, sorted;
+    subfolders too when ``recursive``). Duplicates (same resolved path) are dropped.
+
+    Raises AfxError for a path that does not exist or a folder without audio files; a file is
+    kept whatever its extension (reading it reports whether it is audio).
+    """
+    from .audio import AUDIO_EXTENSIONS
+
+    out: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(p: Path) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    if not paths:
+        raise AfxError("no input files given")
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(
+                (f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS),
+                key=lambda f: str(f),
+            )
+            if not found:
+                raise AfxError(f"{p}: folder contains no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
+            for f in found:
+                add(f)
+        elif p.exists() or p.is_symlink():
+            add(p)
+        else:
+            raise AfxError(f"{p}: no such file or folder")
+    return out
+
+
+def _output_ext(inp: Path, ext: str | None) -> str:
+    from .audio import WRITE_FORMATS
+
+    if ext:
+        return ext if ext.startswith(".") else "." + ext
+    return inp.suffix if inp.suffix.lower() in WRITE_FORMATS else ".wav"
+
+
+def output_paths(
+    inputs: Sequence[Path],
+    output: Path | None = None,
+    out_dir: Path | None = None,
+    suffix: str = "_afx",
+    ext: str | None = None,
+) -> list[Path]:
+    """One output path per input, checked never to overwrite any input.
+
+    - ``output`` (``-o``): only with a single input; used as given.
+    - ``out_dir`` (``--out-dir``): ``out_dir/<stem><suffix><ext>`` per input.
+    - neither: next to each input, ``<stem><suffix><ext>``.
+
+    ``ext`` defaults to the input's own extension when afx can write it (.wav/.flac), else .wav.
+    Raises AfxError for ``-o`` with several inputs, both options at once, two inputs mapping to
+    the same output, or an output that is an input.
+    """
+    from .audio import check_output_path
+
+    inputs = [Path(i) for i in inputs]
+    if output is not None and out_dir is not None:
+        raise AfxError("give either -o/--output or --out-dir, not both")
+    if output is not None:
+        if len(inputs) != 1:
+            raise AfxError(f"-o/--output takes a single input ({len(inputs)} given); use --out-dir DIR")
+        outs = [Path(output)]
+    else:
+        outs = []
+        for inp in inputs:
+            name = f"{inp.stem}{suffix}{_output_ext(inp, ext)}"
+            outs.append((Path(out_dir) if out_dir is not None else inp.parent) / name)
+    claimed: dict[Path, Path] = {}
+    for inp, out in zip(inputs, outs):
+        check_output_path(out, inputs)
+        key = out.resolve()
+        if key in claimed:
+            raise AfxError(f"{out}: both {claimed[key]} and {inp} would be written here; use --out-dir or rename")
+        claimed[key] = inp
+    return outs
+
+
+def run_each(items: Sequence[T], fn: Callable[[T], R], jobs: int = 1) -> tuple[list[R | None], int]:
+    """Apply ``fn`` to every item, ``jobs`` at a time (threads; pedalboard releases the GIL).
+
+    An AfxError from one item prints its ``afx: error:`` line (prefixed with the item when the
+    message does not already name it) and the rest go on. Returns the results in input order
+    (``None`` for failed items) and the number of failures. Other exceptions propagate.
+    """
+    if jobs < 1:
+        raise AfxError(f"--jobs must be at least 1, got {jobs}")
+
+    def guarded(item: T) -> tuple[bool, R | None, str]:
+        try:
+            return True, fn(item), ""
+        except AfxError as e:
+            msg = _one_line(e)
+            return False, None, msg if str(item) in msg else f"{item}: {msg}"
+
+    if jobs == 1 or len(items) <= 1:
+        outcomes = []
+        for it in items:
+            ok, res, msg = guarded(it)
+            if not ok:
+                error_line(msg)
+            outcomes.append((ok, res))
+    else:
+        outcomes = []
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            for ok, res, msg in pool.map(guarded, items):  # in input order
+                if not ok:
+                    error_line(msg)
+                outcomes.append((ok, res))
+    failures = sum(1 for ok, _ in outcomes if not ok)
+    return [res for _, res in outcomes], failures
+
+
+def finish_batch(failures: int, total: int) -> None:
+    """Exit non-zero when any item failed (after every item was tried)."""
+    if failures:
+        if total > 1:
+            note(f"afx: {failures} of {total} files failed")
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+def _version(value: bool) -> None:
+    if value:
+        print(f"afx {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """afx: interpretable audio effect chains whose parameters neural networks predict."""
+    STATE.quiet = quiet
+
+
+@app.command()
+def info(
+    inputs: List[Path] = typer.Argument(..., metavar="INPUT", help="Audio files or folders of audio files."),
+) -> None:
+    """Print sample rate, channels, duration and sample peak (dBFS) of audio files."""
+    from .audio import audio_info, peak_dbfs, read_audio
+
+    files = expand_inputs(inputs)
+
+    def describe(path: Path) -> str:
+        hdr = audio_info(path)
+        audio, sr = read_audio(path)
+        peak = peak_dbfs(audio)
+        peak_txt = f"{peak:6.2f}" if peak > float("-inf") else "  -inf"
+        return (
+            f"{path}: {sr} Hz, {audio.shape[0]} ch, {audio.shape[1] / sr:.3f} s, "
+            f"peak {peak_txt} dBFS, {hdr.format} {hdr.subtype}"
+        )
+
+    results, failures = run_each(files, describe)
+    for line in results:
+        if line is not None:
+            print(line, flush=True)
+    finish_batch(failures, len(files))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (the console script passes it to ``sys.exit``)."""
+    debug = os.environ.get("AFX_DEBUG", "") not in ("", "0")
+    STATE.quiet = False
+    try:
+        rv = app(args=list(argv) if argv is not None else None, prog_name="afx", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except AfxError as e:
+        error_line(e)
+        return EXIT_USER_ERROR
+    except _ClickExit as e:
+        return int(e.exit_code)
+    except _ClickException as e:
+        e.show()
+        return int(e.exit_code)
+    except (_ClickAbort, KeyboardInterrupt):
+        print("afx: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except BrokenPipeError:
+        # Output closed early (e.g. piped into `head`): stop quietly.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_INTERNAL_ERROR
+    except Exception as e:  # noqa: BLE001 - the one place that turns crashes into one line
+        if debug:
+            raise
+        print(f"afx: internal error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
