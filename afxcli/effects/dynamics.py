@@ -258,8 +258,8 @@ class NoiseGate(_DynamicsBase):
 TRUE_PEAK_SIDECHAIN_DELAY = 36
 TRUE_PEAK_EXTRA_LOOKAHEAD = 60
 #: Half length (taps per side) of the Kaiser-windowed sinc 4x interpolator of the torch true peak.
-_TP_HALF_TAPS = 16
-_TP_KAISER_BETA = 8.0
+_TP_HALF_TAPS = 32
+_TP_KAISER_BETA = 10.0
 
 
 def _true_peak_kernels(dtype: torch.dtype, device) -> torch.Tensor:
@@ -280,7 +280,7 @@ def _true_peak_kernels(dtype: torch.dtype, device) -> torch.Tensor:
 def true_peak_level(x: torch.Tensor) -> torch.Tensor:
     """4x-oversampled peak level, linked over channels: ``(batch, channels, samples)`` ->
     ``(batch, samples)`` = ``max_c max(|x[n]|, |x(n+1/4)|, |x(n+1/2)|, |x(n+3/4)|)`` with the
-    fractional samples from a 32-tap Kaiser-windowed sinc interpolator (ITU-R BS.1770-4 Annex 2
+    fractional samples from a 64-tap Kaiser-windowed sinc interpolator (ITU-R BS.1770-4 Annex 2
     style true-peak metering); time-aligned with ``x`` (zero-phase interpolator)."""
     b, c, n = x.shape
     K = _TP_HALF_TAPS
