@@ -172,11 +172,23 @@ def output_paths(
     return outs
 
 
-def run_each(items: Sequence[T], fn: Callable[[T], R], jobs: int = 1) -> tuple[list[R | None], int]:
+def _default_label(item: object) -> str:
+    if isinstance(item, (tuple, list)) and item:
+        return str(item[0])
+    return str(item)
+
+
+def run_each(
+    items: Sequence[T],
+    fn: Callable[[T], R],
+    jobs: int = 1,
+    label: Callable[[T], str] = _default_label,
+) -> tuple[list[R | None], int]:
     """Apply ``fn`` to every item, ``jobs`` at a time (threads; pedalboard releases the GIL).
 
-    An AfxError from one item prints its ``afx: error:`` line (prefixed with the item when the
-    message does not already name it) and the rest go on. Returns the results in input order
+    An AfxError from one item prints its ``afx: error:`` line, prefixed with ``label(item)``
+    (default: the item, or its first element for ``(input, output)`` pairs) when the message
+    does not already contain it, and the rest go on. Returns the results in input order
     (``None`` for failed items) and the number of failures. Other exceptions propagate.
     """
     if jobs < 1:
@@ -186,8 +198,8 @@ def run_each(items: Sequence[T], fn: Callable[[T], R], jobs: int = 1) -> tuple[l
         try:
             return True, fn(item), ""
         except AfxError as e:
-            msg = _one_line(e)
-            return False, None, msg if str(item) in msg else f"{item}: {msg}"
+            msg, name = _one_line(e), label(item)
+            return False, None, msg if name in msg else f"{name}: {msg}"
 
     if jobs == 1 or len(items) <= 1:
         outcomes = []
