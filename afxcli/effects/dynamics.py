@@ -315,7 +315,10 @@ class Limiter(_DynamicsBase):
     release pole ``r``), ``y[m] = clip(x[m] * g[m + L], ±ceiling)`` — pedalboard/plugins/
     BrickwallLimiter.h ``process``. With ``true_peak=False`` this equals pedalboard to float
     precision; with ``true_peak=True`` the sidechain interpolator differs from JUCE's half-band
-    equiripple oversampler, so it is an approximation (figures in the tests / report).
+    equiripple oversampler, so it is an approximation: on 1 s of stereo test music peaking at
+    +0.1 / +0.4 dBFS with ceilings -1, -6, -12 dB, max abs difference 5.3e-3 (44.1 kHz) /
+    9.5e-3 (48 kHz), 99th percentile of the gain error 0.015 / 0.005 dB
+    (``tests/test_dynamics.py::test_true_peak_limiter_approximation``).
     """
 
     kind = "limiter"
