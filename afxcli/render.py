@@ -45,8 +45,17 @@ def _stream(renderer, audio: np.ndarray, blocks: Sequence[Mapping[str, float]] |
             renderer.set_values(vals)
             outs.append(renderer.process(seg, reset=False))
     lat = int(renderer.latency_samples)
-    if lat > 0:
-        outs.append(renderer.process(np.zeros((audio.shape[0], lat), np.float32), reset=False))
+    # Flush with zeros in chunks no longer than the longest block already fed: pedalboard
+    # re-prepares (and withholds its latency again) when a call exceeds the block size it saw.
+    chunk = max(1, audio.shape[-1] if blocks is None else min(block_size, audio.shape[-1]))
+    need = n + (lat if renderer.delays_stream else 0)
+    got = sum(o.shape[-1] for o in outs)
+    for _ in range(64 + 4 * lat // chunk):
+        if got >= need:
+            break
+        o = renderer.process(np.zeros((audio.shape[0], min(chunk, max(need - got, 1))), np.float32), reset=False)
+        outs.append(o)
+        got += o.shape[-1]
     y = np.concatenate([o for o in outs if o.size] or [np.zeros((audio.shape[0], 0), np.float32)], axis=-1)
     y = y[:, lat:lat + n] if renderer.delays_stream else y[:, :n]
     if y.shape[-1] != n:
