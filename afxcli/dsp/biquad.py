@@ -426,13 +426,17 @@ def freqz(sections: torch.Tensor, n_fft: int) -> torch.Tensor:
     if sections.dim() == 1:
         sections = sections.unsqueeze(0)
     real = sections.dtype if sections.dtype in (torch.float32, torch.float64) else torch.float64
-    w = torch.arange(n_fft // 2 + 1, device=sections.device, dtype=real) * (2.0 * math.pi / n_fft)
-    z1 = torch.polar(torch.ones_like(w), -w)  # z^-1
-    z2 = z1 * z1
+    w = torch.arange(n_fft // 2 + 1, device=sections.device, dtype=torch.float64) * (2.0 * math.pi / n_fft)
+    cw, sw, c2w, s2w = (v.to(real) for v in (torch.cos(w), torch.sin(w), torch.cos(2 * w), torch.sin(2 * w)))
     s = sections.to(real).unsqueeze(-1)  # (..., S, 5, 1)
-    num = s[..., 0, :] + s[..., 1, :] * z1 + s[..., 2, :] * z2
-    den = 1.0 + s[..., 3, :] * z1 + s[..., 4, :] * z2
-    return torch.prod(num / den, dim=-2)
+    H = None
+    for i in range(s.shape[-3]):  # running product: memory (..., F) per section, not (..., S, F)
+        b0, b1, b2, a1, a2 = s[..., i, :, :].unbind(-2)
+        num = torch.complex(b0 + b1 * cw + b2 * c2w, -(b1 * sw + b2 * s2w))
+        den = torch.complex(1.0 + a1 * cw + a2 * c2w, -(a1 * sw + a2 * s2w))
+        h = num / den
+        H = h if H is None else H * h
+    return H
 
 
 def fs_n_fft(n_samples: int) -> int:
