@@ -183,6 +183,7 @@ def run_each(
     fn: Callable[[T], R],
     jobs: int = 1,
     label: Callable[[T], str] = _default_label,
+    description: str | None = None,
 ) -> tuple[list[R | None], int]:
     """Apply ``fn`` to every item, ``jobs`` at a time (threads; pedalboard releases the GIL).
 
@@ -190,9 +191,55 @@ def run_each(
     (default: the item, or its first element for ``(input, output)`` pairs) when the message
     does not already contain it, and the rest go on. Returns the results in input order
     (``None`` for failed items) and the number of failures. Other exceptions propagate.
+    With a ``description``, a rich progress bar runs on stderr (not with ``--quiet``, nor when
+    stderr is not a terminal).
     """
     if jobs < 1:
         raise AfxError(f"--jobs must be at least 1, got {jobs}")
+    with _progress(description, len(items)) as advance:
+        return _run_each(items, fn, jobs, label, advance)
+
+
+class _NoProgress:
+    def __enter__(self) -> Callable[[], None]:
+        return lambda: None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _RichProgress:
+    def __init__(self, description: str, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._task = self._progress.add_task(description, total=total)
+
+    def __enter__(self) -> Callable[[], None]:
+        self._progress.start()
+        return lambda: self._progress.advance(self._task)
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+
+def _progress(description: str | None, total: int):
+    if description is None or STATE.quiet or total < 2 or not sys.stderr.isatty():
+        return _NoProgress()
+    return _RichProgress(description, total)
+
+
+def _run_each(
+    items: Sequence[T],
+    fn: Callable[[T], R],
+    jobs: int,
+    label: Callable[[T], str],
+    advance: Callable[[], None],
+) -> tuple[list[R | None], int]:
 
     def guarded(item: T) -> tuple[bool, R | None, str]:
         try:
@@ -200,6 +247,8 @@ def run_each(
         except AfxError as e:
             msg, name = _one_line(e), label(item)
             return False, None, msg if name in msg else f"{name}: {msg}"
+        finally:
+            advance()
 
     if jobs == 1 or len(items) <= 1:
         outcomes = []

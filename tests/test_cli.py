@@ -280,3 +280,16 @@ def test_subprocess_entry_point(tmp_path, good_files):
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
     )
     assert p.returncode == 0 and "44100 Hz, 1 ch" in p.stdout and p.stderr == ""
+
+
+def test_run_each_with_progress_bar_on_a_terminal(capfd, monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+
+    def fn(i: int) -> int:
+        if i == 2:
+            raise AfxError("item 2 is bad")
+        return i
+
+    results, failures = cli.run_each([1, 2, 3], fn, jobs=2, description="testing")
+    assert results == [1, None, 3] and failures == 1
+    assert "afx: error: item 2 is bad" in capfd.readouterr().err
