@@ -48,6 +48,8 @@ class ParameterTrace:
         params: ``{"<label>.<param>": array (n_frames,)}`` physical values; every parameter of
             every effect of the chain.
         n_samples: length of the audio the trace was made for, if known.
+        units: ``{"<label>.<param>": unit}`` for display.
+        description: free text (what the preset is for); kept through JSON.
     """
 
     chain: dict
@@ -56,6 +58,7 @@ class ParameterTrace:
     params: dict[str, np.ndarray]
     n_samples: int | None = None
     units: dict[str, str] = field(default_factory=dict)
+    description: str = ""
 
     def __post_init__(self) -> None:
         if not (self.sample_rate > 0 and math.isfinite(self.sample_rate)):
@@ -171,7 +174,8 @@ class ParameterTrace:
 
     def copy(self) -> "ParameterTrace":
         return ParameterTrace(self.chain, self.sample_rate, self.hop,
-                              {k: a.copy() for k, a in self.params.items()}, self.n_samples, dict(self.units))
+                              {k: a.copy() for k, a in self.params.items()}, self.n_samples, dict(self.units),
+                              self.description)
 
     # ----- JSON -----------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -180,7 +184,8 @@ class ParameterTrace:
             params[k] = float(a[0]) if np.all(a == a[0]) else [float(x) for x in a]
         return {"format": TRACE_FORMAT, "version": TRACE_VERSION, "sample_rate": self.sample_rate,
                 "hop": self.hop, "n_frames": self.n_frames, "n_samples": self.n_samples,
-                "chain": self.chain, "params": params, "units": self.units}
+                "chain": self.chain, "params": params, "units": self.units,
+                **({"description": self.description} if self.description else {})}
 
     @classmethod
     def from_json(cls, data: Any, where: str = "trace") -> "ParameterTrace":
@@ -191,7 +196,7 @@ class ParameterTrace:
         try:
             tr = cls(chain=data["chain"], sample_rate=float(data["sample_rate"]), hop=int(data["hop"]),
                      params=dict(data["params"]), n_samples=data.get("n_samples"),
-                     units=dict(data.get("units") or {}))
+                     units=dict(data.get("units") or {}), description=str(data.get("description") or ""))
         except KeyError as e:
             raise AfxError(f"{where}: trace lacks field {e.args[0]!r}") from None
         except (TypeError, ValueError) as e:
