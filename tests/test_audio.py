@@ -319,3 +319,28 @@ def test_resample_same_rate_is_a_copy():
     assert y is not x and np.array_equal(x, y)
     with pytest.raises(ValueError):
         resample(x, 0, 48000)
+
+
+def test_permission_checks_without_root_privileges(tmp_path, monkeypatch):
+    """Root bypasses file modes, so deny access the way the kernel would answer a normal user."""
+    p = tmp_path / "in.wav"
+    write_audio(p, music_like(1, 8000, 0.1), 8000)
+    real_access = os.access
+    monkeypatch.setattr(A.os, "access", lambda path, mode: False if str(path) in (str(p), str(tmp_path)) else real_access(path, mode))
+    with pytest.raises(AfxError, match="permission denied") as ei:
+        read_audio(p)
+    assert str(p) in str(ei.value)
+    with pytest.raises(AfxError, match="not writable"):
+        write_audio(tmp_path / "out.wav", music_like(1, 8000, 0.1), 8000)
+    assert listing(tmp_path) == {"in.wav"}
+
+
+def test_temp_file_creation_failure_is_clean(tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(A.tempfile, "mkstemp", refuse)
+    with pytest.raises(AfxError, match="cannot write in") as ei:
+        write_audio(tmp_path / "out.flac", music_like(1, 8000, 0.1), 8000)
+    assert str(tmp_path / "out.flac") in str(ei.value)
+    assert listing(tmp_path) == set()
