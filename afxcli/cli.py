@@ -26,6 +26,7 @@ import typer
 from . import __version__
 from .errors import AfxError
 
+
 def _click_exception_class() -> type:
     """click's ClickException, whether typer vendors click (typer >= 0.20) or depends on it."""
     for cls in typer.BadParameter.__mro__:
