@@ -119,6 +119,23 @@ def test_json_preset_round_trips_exactly(tmp_path):
     assert mean == tr.reduce("mean") and mean != data["params"]
 
 
+def test_json_preset_keeps_description_and_clips_to_another_rate(tmp_path):
+    src = ROOT / "presets" / "master_gentle.json"
+    if not src.exists():
+        pytest.skip("presets/master_gentle.json not in this checkout")
+    data = json.loads(export_preset(src, "json"))
+    assert data["description"] == json.loads(src.read_text())["description"]
+    assert export_preset(src, "json") == export_preset(src, "json", reduce="mean")  # static: any reduction
+    # at 16 kHz no frequency may exceed 0.45 * 16000 = 7200 Hz: values are clipped like `afx render` does
+    from afxcli.tasks.export import resolve_setting
+
+    setting = resolve_setting(src, sample_rate=16000)
+    assert setting.clipped and all(k.endswith("_freq_hz") for k in setting.clipped)
+    low = json.loads(export_preset(src, "json", sample_rate=16000))
+    assert low["sample_rate"] == 16000.0
+    assert max(v for k, v in low["params"].items() if k.endswith("_freq_hz")) <= 7200.0
+
+
 def test_json_preset_renders_like_the_selected_trace_frame(tmp_path):
     random_trace(tmp_path / "trace.json", EFFECTS_BASIC, 44100.0)
     export_preset(tmp_path / "trace.json", "json", tmp_path / "p.json", at=0.0)
@@ -235,6 +252,34 @@ def afx_render_spec(src: Path, sr: int, audio: np.ndarray) -> np.ndarray:
 
 
 @needs_ffmpeg
+@needs_kind("geq")
+def test_ffmpeg_graphic_eq_matches_afx_render(tmp_path):
+    sr = 48000
+    random_trace(tmp_path / "trace.json", [{"type": "geq", "options": {"bands": "octave"}}], float(sr),
+                 n_frames=1, seed=11)
+    af = export_preset(tmp_path / "trace.json", "ffmpeg")
+    audio = music(sr, 2, 1.0)
+    err = dbfs(np.abs(run_ffmpeg(af, audio, sr, tmp_path) - afx_render(tmp_path / "trace.json", audio)).max())
+    print(f"ffmpeg_geq_max_abs_error_dbfs: {err:.1f} dBFS")
+    assert err <= -60.0
+
+
+@needs_ffmpeg
+def test_ffmpeg_soft_knee_compressor_is_an_approximation_that_runs(tmp_path):
+    sr = 44100
+    src = write_chain(tmp_path / "c.json", [{"type": "compressor_soft", "fixed": {
+        "threshold_db": -24.0, "ratio": 4.0, "knee_db": 6.0, "attack_ms": 5.0, "release_ms": 80.0, "makeup_db": 3.0}}])
+    af = export_preset(src, "ffmpeg", sample_rate=sr)
+    assert f"knee={10 ** (6.0 / 20.0)!r}:" in af and "link=maximum" in af and "volume=3dB" in af
+    audio = music(sr, 2, 1.0)
+    y = run_ffmpeg(af, audio, sr, tmp_path)
+    ref = afx_render_spec(src, sr, audio)
+    err = np.abs(y - ref).max()
+    print(f"ffmpeg_compressor_soft_max_abs_error_dbfs (approximation): {dbfs(err):.1f} dBFS")
+    assert np.all(np.isfinite(y)) and err < 0.5 * np.abs(ref).max()
+
+
+@needs_ffmpeg
 def test_ffmpeg_gate_and_limiter_approximations_run(tmp_path):
     sr = 48000
     src = write_chain(tmp_path / "c.json", [
@@ -277,6 +322,8 @@ def test_pedalboard_snippet_runs_and_reproduces_render(tmp_path):
     assert script.read_text() == text
     assert "pedalboard.Compressor(" in text and "pedalboard.BrickwallLimiter(" in text
     assert "create('clipper'" in text  # no built-in: afx renders it in the script
+    gain_db = json.loads(export_preset(tmp_path / "trace.json", "json"))["params"]["gain.gain_db"]
+    assert f"pedalboard.Gain(gain_db={gain_db!r})" in text  # afx's values verbatim, not read back
     audio = music(sr, 2, 1.0)
     sf.write(tmp_path / "in.wav", audio.T, sr, subtype="FLOAT")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -328,6 +375,19 @@ def test_easyeffects_preset(tmp_path):
     assert (o["expander#0"]["threshold"], o["expander#0"]["ratio"]) == (-55.0, 6.0)
     lim = o["limiter#0"]
     assert (lim["threshold"], lim["release"], lim["output-gain"]) == (-1.5, 60.0, 1.0)
+
+
+@needs_kind("geq")
+def test_easyeffects_graphic_eq_third_octave(tmp_path):
+    src = write_chain(tmp_path / "g.json", [{"type": "geq", "options": {"bands": "third"},
+                                             "fixed": {"band_1000hz_gain_db": 4.5}}])
+    eq = json.loads(export_preset(src, "easyeffects", sample_rate=48000))["output"]["equalizer#0"]
+    fx = REGISTRY["geq"](48000.0, bands="third")
+    assert eq["num-bands"] == len(fx.param_names) <= 32
+    bands = [eq["left"][f"band{i}"] for i in range(eq["num-bands"])]
+    assert all(b["type"] == "Bell" for b in bands)
+    assert [b["gain"] for b in bands if b["frequency"] == 1000.0] == [4.5]
+    assert sum(b["gain"] != 0.0 for b in bands) == 1
 
 
 def test_easyeffects_gain_only_and_refusals(tmp_path):

@@ -68,8 +68,10 @@ Flow: preset/trace/chain JSON -> one static setting (``--at SECONDS`` or ``--red
     - anything else -> :class:`AfxError` naming the effect.
 ``pedalboard``
     A runnable Python script (``python preset.py IN OUT``) that builds the chain with pedalboard's
-    built-ins, with exactly the values afx renders (the twin plugins from each effect's
-    ``to_pedalboard``, their attributes read back, so float32 rounding is identical). Effects
+    built-ins, with exactly the values afx passes to each effect's twin (:data:`PEDALBOARD_CODE`,
+    checked at export against the effect's own ``to_pedalboard``; reading attributes back is not
+    enough: pedalboard stores filter gains linearly, so a read-back ``gain_db`` can drift by an
+    ulp when set again). Effects
     without a pedalboard built-in are rendered in the script by afx itself (``afxcli`` must be
     importable there). A ``vst3`` effect is loaded with ``pedalboard.load_plugin`` when afx can map
     its parameters to plugin attributes; its state is also written as ``<out stem>.vstpreset``
@@ -80,7 +82,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -184,6 +186,9 @@ class StaticSetting:
         trace: the trace it was selected from.
         chain: :class:`~afxcli.effects.chain.Chain` built at ``sample_rate``.
         values: per effect, complete validated physical values.
+        clipped: keys whose values were clipped into the ranges at ``sample_rate`` (only when it
+            differs from the trace's rate, e.g. a 16 kHz shelf exported for 22.05 kHz; ``afx
+            render`` clips the same way).
     """
 
     source: Path
@@ -191,6 +196,7 @@ class StaticSetting:
     trace: ParameterTrace
     chain: Chain
     values: list[dict[str, float]]
+    clipped: list[str] = field(default_factory=list)
 
     @property
     def sample_rate(self) -> float:
@@ -207,7 +213,8 @@ class StaticSetting:
 def resolve_setting(src_path: str | Path, at: float | None = None, reduce: str | None = None,
                     sample_rate: float | None = None) -> StaticSetting:
     """Load ``src_path`` (see :func:`load_preset`), select one setting (:func:`select_values`) and
-    validate it at ``sample_rate`` (default: the trace's)."""
+    validate it at ``sample_rate`` (default: the trace's; values are clipped into the ranges at
+    another rate, see :attr:`StaticSetting.clipped`)."""
     p = Path(src_path)
     if at is not None and reduce is not None:  # before touching the file
         raise AfxError("give either --at or --reduce, not both")
@@ -217,10 +224,18 @@ def resolve_setting(src_path: str | Path, at: float | None = None, reduce: str |
         sr = _check_rate(sample_rate) if sample_rate is not None else trace.sample_rate
         chain = Chain(spec, sr)
         flat = {**Chain.flatten(chain.labels, chain.base_values()), **selected}
+        clipped = []
+        if sr != trace.sample_rate:
+            specs = trace_specs(chain)
+            for k, v in flat.items():
+                c = float(specs[k].clip(v)) if k in specs else v
+                if c != v:
+                    clipped.append(k)
+                    flat[k] = c
         values = chain.values_from_flat(flat)
     except AfxError as e:
         raise _prefixed(p, e) from None
-    return StaticSetting(p, trace.chain, trace, chain, values)
+    return StaticSetting(p, trace.chain, trace, chain, values, clipped)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,6 +261,7 @@ def to_json_preset(setting: StaticSetting) -> str:
     """The setting as a static ``afx-trace`` (afx's JSON preset), pretty-printed, newline-terminated."""
     tr = ParameterTrace.static(setting.chain_json, setting.flat(), setting.sample_rate,
                                hop=setting.trace.hop, units=units_of(setting.chain))
+    tr.description = getattr(setting.trace, "description", "")
     return json.dumps(tr.to_json(), indent=2) + "\n"
 
 
@@ -592,6 +608,56 @@ def _pb_plugin_code(plugin) -> str:
     return f"pedalboard.{cls}({args})"
 
 
+def _pb_call(cls: str, kwargs: Mapping[str, Any]) -> str:
+    return f"pedalboard.{cls}(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
+
+
+def _pb_eq(fx, v) -> list[tuple[str, dict]]:
+    cls = {"peak": "PeakFilter", "low_shelf": "LowShelfFilter", "high_shelf": "HighShelfFilter"}
+    return [(cls[s["kind"]], {"cutoff_frequency_hz": float(s["freq_hz"]), "gain_db": float(s["gain_db"]),
+                              "q": float(s["q"])}) for s in fx.biquad_sections(v)]
+
+
+def _pb_dyn(cls: str, v: Mapping[str, float]) -> tuple[str, dict]:
+    return (cls, {k: float(v[k]) for k in ("threshold_db", "ratio", "attack_ms", "release_ms")})
+
+
+#: effect kind -> ``[(pedalboard class name, constructor kwargs), ...]``: the values afx passes to
+#: its twin, verbatim.
+PEDALBOARD_CODE: dict[str, Callable[[Any, Mapping[str, float]], list[tuple[str, dict]]]] = {
+    "gain": lambda fx, v: [("Gain", {"gain_db": float(v["gain_db"])})],
+    "peq": _pb_eq,
+    "geq": _pb_eq,
+    "compressor": lambda fx, v: [_pb_dyn("Compressor", v), ("Gain", {"gain_db": float(v["makeup_db"])})],
+    "gate": lambda fx, v: [_pb_dyn("NoiseGate", v)],
+    "limiter": lambda fx, v: [("BrickwallLimiter", {
+        "ceiling_db": float(v["ceiling_db"]), "release_ms": float(v["release_ms"]),
+        "lookahead_ms": float(fx.options.get("lookahead_ms", 5.0)),
+        "true_peak": bool(fx.options.get("true_peak", True))})],
+    "hard_clip": lambda fx, v: [("Clipping", {"threshold_db": float(v["threshold_db"])})],
+    "distortion": lambda fx, v: [("Distortion", {"drive_db": float(v["drive_db"])})],
+}
+
+
+def _pb_effect_code(fx, values: Mapping[str, float]) -> list[str]:
+    """Constructor calls for a twin effect, checked against the effect's own ``to_pedalboard``:
+    the plugins they build must read back exactly like the twin's (class and every constructor
+    attribute). Kinds outside :data:`PEDALBOARD_CODE` (or failing the check) fall back to the
+    twin's read-back attributes (exact up to pedalboard's float32 storage)."""
+    import pedalboard
+
+    twin = fx.to_pedalboard(values)
+    maker = PEDALBOARD_CODE.get(fx.kind)
+    if maker is not None:
+        calls = maker(fx, values)
+        built = [getattr(pedalboard, cls)(**kw) for cls, kw in calls]
+        if len(built) == len(twin) and all(
+                type(a) is type(b) and all(getattr(a, n) == getattr(b, n) for n in _pb_ctor_args(a))
+                for a, b in zip(built, twin)):
+            return [_pb_call(cls, kw) for cls, kw in calls]
+    return [_pb_plugin_code(p) for p in twin]
+
+
 def _vst3_attribute_code(fx, values: Mapping[str, float]) -> list[str] | None:
     """Python lines setting a loaded VST3 plugin (variable ``plugin``) to ``values``, or ``None``
     when the effect cannot be expressed with plain attribute assignments."""
@@ -633,8 +699,8 @@ def to_pedalboard_snippet(setting: StaticSetting, vstpresets: Mapping[str, Path]
     for label, fx, vals, entry in setting.items():
         if fx.has_twin and fx.kind != "vst3":
             board.append(f"        # {label} ({fx.kind})")
-            for plugin in fx.to_pedalboard(vals):
-                board.append(f"        {_pb_plugin_code(plugin)},")
+            for call in _pb_effect_code(fx, vals):
+                board.append(f"        {call},")
             continue
         flush()
         opts = dict(entry.get("options") or {})
