@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.afx-installed
 .PHONY: demo test install clean-venv
 
 demo: $(STAMP)
-	$(BIN)/afx info examples/*.flac
+	mkdir -p out
+	$(BIN)/afx render examples/mix_unmastered.flac --preset presets/master_gentle.json -o out/mix_gentle_master.flac
+	$(BIN)/afx info examples/mix_unmastered.flac out/mix_gentle_master.flac
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -323,6 +323,55 @@ def info(
     finish_batch(failures, len(files))
 
 
+@app.command()
+def render(
+    inputs: List[Path] = typer.Argument(..., metavar="INPUT", help="Audio files or folders of audio files."),
+    preset: Path = typer.Option(..., "--preset", "-p", help="afx preset, parameter trace or chain spec (JSON)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (single input)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for the outputs (many inputs)."),
+    block_size: int = typer.Option(256, "--block-size", help="Control block for automation, in samples."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Files rendered in parallel."),
+) -> None:
+    """Render an effect chain preset or parameter trace onto audio files (full length, own rate)."""
+    from .tasks.render import render_file
+
+    if block_size < 1:
+        raise AfxError(f"--block-size must be at least 1 sample, got {block_size}")
+    files = expand_inputs(inputs)
+    outs = output_paths(files, output, out_dir, suffix="_afx")
+
+    def one(pair: tuple[Path, Path]) -> str:
+        res = render_file(pair[0], preset, pair[1], block_size=block_size)
+        clipped = f" (clipped to this rate's ranges: {', '.join(res.clipped_params)})" if res.clipped_params else ""
+        return (f"{res.input} -> {res.output}: {res.sample_rate} Hz, {res.channels} ch, "
+                f"{res.seconds:.2f} s, peak {res.peak_dbfs:.2f} dBFS{clipped}")
+
+    results, failures = run_each(list(zip(files, outs)), one, jobs=jobs, description="rendering")
+    for line in results:
+        if line is not None:
+            note(line)
+    finish_batch(failures, len(files))
+
+
+@app.command("export-preset")
+def export_preset_cmd(
+    source: Path = typer.Argument(..., metavar="TRACE_OR_PRESET", help="afx trace, preset or chain spec (JSON)."),
+    fmt: str = typer.Option("json", "--format", "-f", help="json | ffmpeg | easyeffects | pedalboard"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here (atomically) instead of stdout."),
+    at: Optional[float] = typer.Option(None, "--at", help="Take the values in force at this time (seconds)."),
+    reduce: Optional[str] = typer.Option(None, "--reduce", help="median | mean over the whole trace."),
+    sample_rate: Optional[float] = typer.Option(None, "--sample-rate", help="Rate for rate-specific output (ffmpeg biquads)."),
+) -> None:
+    """Export a trace or preset as afx JSON, an ffmpeg -af string, an EasyEffects preset or a pedalboard script."""
+    from .tasks.export import export_preset
+
+    text = export_preset(source, fmt, out_path=output, at=at, reduce=reduce, sample_rate=sample_rate)
+    if output is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        note(f"{source} -> {output} ({fmt})")
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------

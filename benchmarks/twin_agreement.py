@@ -5,7 +5,7 @@ when this runs; effects added later are picked up automatically), at 44.1 and 48
 stereo, and ``--draws`` random parameter draws (uniform in normalized space, fixed seed), the script
 renders ``--seconds`` of ``--audio`` through
 
-- the torch effect, ``mode="exact"``, in **float64**, and
+- the torch effect, ``mode="exact"``, in **float32** (the audio's own precision), and
 - its twin ``pedalboard.Pedalboard(effect.to_pedalboard(values))`` (float32, one call, ``reset=True``,
   which compensates a latent plugin's delay),
 
@@ -14,10 +14,10 @@ both fed the same float32-quantized input, and prints::
     twin_maxdiff_<kind>_<sr>_<mono|stereo>: <max over draws of max |torch - pedalboard|> abs
     twin_maxdiff_worst_<kind>: <max over all of the above for that kind> abs
 
-Why float64 for torch: pedalboard computes in float32, so a float64 torch render is the formula
-itself and the figure measures how far pedalboard's result is from it (float32 rounding plus any
-formula mismatch); a float32 torch render would add its own rounding (which, for recursive filters
-at low frequencies, can dominate) and blur what the figure is meant to show.
+Why float32 for torch: pedalboard computes in float32, and afx's exact EQ path reproduces its
+float32 coefficient and filter arithmetic step by step (bit-identical); a float64 render is the ideal
+filter, which differs from pedalboard by its own float32 rounding of the filter state (up to ~8e-3
+for low, high-Q sections on music). The dynamics kernels compute in float64 internally either way.
 
 Kinds in ``APPROXIMATIONS`` (``limiter``: the torch form only approximates pedalboard's limiter)
 are measured the same way but reported separately as ``approx_maxdiff_<kind>_…`` lines and never
@@ -89,10 +89,10 @@ def as_layout(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def render_pair(effect, x32: np.ndarray, values: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(torch float64 exact render, pedalboard twin render) of ``x32`` ``(channels, samples)``."""
-    p = effect.values_to_tensor(values, dtype=torch.float64)
+    """(torch float32 exact render, pedalboard twin render) of ``x32`` ``(channels, samples)``."""
+    p = effect.values_to_tensor(values, dtype=torch.float32)
     with torch.no_grad():
-        y = effect(torch.from_numpy(x32.astype(np.float64))[None], p, mode="exact")[0].numpy()
+        y = effect(torch.from_numpy(np.ascontiguousarray(x32, dtype=np.float32))[None], p, mode="exact")[0].numpy()
     y_pb = pedalboard.Pedalboard(effect.to_pedalboard(values))(x32, effect.sample_rate)
     if y_pb.shape != y.shape:
         raise RuntimeError(f"pedalboard returned {y_pb.shape}, torch {y.shape}")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         for layout, ch in (("mono", 1), ("stereo", 2)):
             signals[(sr, layout)] = np.ascontiguousarray(as_layout(xs, ch), dtype=np.float32)
     print(f"# {args.audio} ({sr_file} Hz, {x.shape[0]} ch), {x.shape[1] / sr_file:.2f} s from {args.start} s; "
-          f"{args.draws} draws, seed {args.seed}; torch float64 exact vs pedalboard {pedalboard.__version__}")
+          f"{args.draws} draws, seed {args.seed}; torch float32 exact vs pedalboard {pedalboard.__version__}")
     twin_figures(signals, args.draws, args.seed)
     eq_figures(signals, args.draws, args.seed)
     print(f"# total {time.perf_counter() - t0:.1f} s")
