@@ -466,3 +466,51 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
     with pytest.raises(AfxError) as e:
         export_preset(src, "json", tmp_path / "no_dir" / "p.json")
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# VST3 (Debian zam-plugins)
+# ------------------------------------------------------------------------------------------------
+ZAM = Path("/usr/lib/vst3")
+
+
+@needs_kind("vst3")
+@pytest.mark.skipif(not (ZAM / "ZamCompX2.vst3").exists() or not (ZAM / "ZamComp.vst3").exists(),
+                    reason="Debian package zam-plugins not installed (apt-get install zam-plugins)")
+def test_pedalboard_snippet_with_vst3_plugins(tmp_path):
+    """Stereo (ZamCompX2) and mono-only (ZamComp, one instance per channel) plugins: the script
+    restores afx's values from the embedded state and reproduces afx's render; .vstpreset files
+    are written next to it and restore the same values in a fresh instance."""
+    import pedalboard
+
+    effects = [{"type": "gain", "fixed": {"gain_db": 6.0}},
+               {"type": "vst3", "label": "zc", "options": {"path": str(ZAM / "ZamCompX2.vst3")},
+                "fixed": {"threshold_db": -23.456789, "ratio": 4.321, "attack_ms": 3.21}},
+               {"type": "vst3", "label": "zm", "options": {"path": str(ZAM / "ZamComp.vst3")},
+                "fixed": {"threshold_db": -18.0, "ratio": 3.0, "makeup_db": 2.0}}]
+    src = write_chain(tmp_path / "c.json", effects)
+    probe = REGISTRY["vst3"](44100.0, path=str(ZAM / "ZamCompX2.vst3"))
+    if probe.vstpreset_bytes({"threshold_db": -30.0}) == probe.vstpreset_bytes({"threshold_db": -10.0}):
+        pytest.xfail("VST3Effect.vstpreset_bytes ignores the values (DPF plugins update their saved "
+                     "state only after processing a block): fix belongs in afxcli/effects/plugin.py")
+    script = tmp_path / "preset.py"
+    text = export_preset(src, "pedalboard", script, sample_rate=44100)
+    assert "pedalboard.load_plugin" in text and "render_effect" not in text
+    for label, threshold in (("zc", -23.456789), ("zm", -18.0)):
+        fresh = pedalboard.load_plugin(str(ZAM / ("ZamCompX2.vst3" if label == "zc" else "ZamComp.vst3")))
+        fresh.load_preset(str(tmp_path / f"preset.{label}.vstpreset"))
+        assert abs(fresh.threshold_db - threshold) < 1e-3
+    export_preset(src, "json", tmp_path / "p.json", sample_rate=44100)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for channels in (1, 2):
+        audio = music(44100, channels, 0.5)
+        sf.write(tmp_path / "in.wav", audio.T, 44100, subtype="FLOAT")
+        p = subprocess.run([sys.executable, str(script), str(tmp_path / "in.wav"), str(tmp_path / "out.wav")],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        y, _ = sf.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
+        ref = afx_render(tmp_path / "p.json", audio)
+        assert np.abs(ref - 2 * audio).max() > 0.1  # the plugins really compress
+        err = np.abs(y.T - ref).max()
+        print(f"pedalboard_snippet_vst3_max_abs_diff_{channels}ch: {err:.3g}")
+        assert err <= 1e-6

@@ -73,9 +73,13 @@ Flow: preset/trace/chain JSON -> one static setting (``--at SECONDS`` or ``--red
     enough: pedalboard stores filter gains linearly, so a read-back ``gain_db`` can drift by an
     ulp when set again). Effects
     without a pedalboard built-in are rendered in the script by afx itself (``afxcli`` must be
-    importable there). A ``vst3`` effect is loaded with ``pedalboard.load_plugin`` when afx can map
-    its parameters to plugin attributes; its state is also written as ``<out stem>.vstpreset``
-    (``<out stem>.<label>.vstpreset`` when there are several) next to the script.
+    importable there). A ``vst3`` effect is loaded with ``pedalboard.load_plugin`` and restored
+    from its saved state with afx's values (the effect's ``vstpreset_bytes``, embedded in the
+    script and assigned to ``plugin.preset_data``: setting attributes would go through pedalboard's
+    own value conversion, while afx sets raw values through the plugin's text parser); mono-only
+    plugins get one instance per channel, as in afx. With an output path the same state is also
+    written as ``<out stem>.vstpreset`` (``<out stem>.<label>.vstpreset`` when there are several)
+    next to the script, for DAWs.
 """
 from __future__ import annotations
 
@@ -658,21 +662,31 @@ def _pb_effect_code(fx, values: Mapping[str, float]) -> list[str]:
     return [_pb_plugin_code(p) for p in twin]
 
 
-def _vst3_attribute_code(fx, values: Mapping[str, float]) -> list[str] | None:
-    """Python lines setting a loaded VST3 plugin (variable ``plugin``) to ``values``, or ``None``
-    when the effect cannot be expressed with plain attribute assignments."""
-    mapping = getattr(fx, "attribute_names", None)
-    if callable(mapping):
-        mapping = mapping()
-    if not isinstance(mapping, Mapping):
-        return None
-    lines = []
-    for name, v in values.items():
-        attr = mapping.get(name)
-        if attr is None:
-            return None
-        lines.append(f"setattr(plugin, {attr!r}, {float(v)!r})")
-    return lines
+def _vst3_is_mono(fx) -> bool:
+    info = getattr(fx, "_info", None)
+    if info is not None and hasattr(info, "mono"):
+        return bool(info.mono)
+    return str(fx.describe().get("plugin", {}).get("channels", "")).startswith("mono")
+
+
+#: Helper written into snippets that host a VST3 plugin.
+_VST3_HELPER = '''
+
+def run_vst3(path, preset_data, mono, audio, sample_rate):
+    """A VST3 plugin restored from its saved state (.vstpreset bytes), one-shot (pedalboard
+    compensates the plugin's latency). Mono-only plugins get one instance per channel; a stereo
+    plugin given mono audio processes [x, x] and returns the mean of its outputs (as afx does)."""
+    def load():
+        plugin = pedalboard.load_plugin(path)
+        plugin.preset_data = preset_data
+        return plugin
+
+    if mono:
+        return np.concatenate([load()(audio[c:c + 1], sample_rate) for c in range(audio.shape[0])])
+    if audio.shape[0] == 1:
+        return load()(np.concatenate([audio, audio]), sample_rate).mean(axis=0, keepdims=True)
+    return load()(audio, sample_rate)
+'''
 
 
 def vstpreset_paths(out_path: Path, labels: Sequence[str]) -> dict[str, Path]:
@@ -687,6 +701,7 @@ def to_pedalboard_snippet(setting: StaticSetting, vstpresets: Mapping[str, Path]
     body: list[str] = []
     board: list[str] = []  # consecutive built-ins collected into one Pedalboard
     uses_afx = False
+    uses_vst3 = False
     chain_desc = " -> ".join(f"{lab} ({fx.kind})" for lab, fx in zip(setting.chain.labels, setting.chain.effects))
 
     def flush() -> None:
@@ -704,19 +719,21 @@ def to_pedalboard_snippet(setting: StaticSetting, vstpresets: Mapping[str, Path]
             continue
         flush()
         opts = dict(entry.get("options") or {})
+        if fx.kind == "vst3" and hasattr(fx, "vstpreset_bytes"):
+            import base64
+
+            note = f" (same state as {vstpresets[label].name})" if vstpresets and label in vstpresets else ""
+            b64 = base64.b64encode(bytes(fx.vstpreset_bytes(vals))).decode("ascii")
+            lines = [b64[i:i + 88] for i in range(0, len(b64), 88)] or [""]
+            uses_vst3 = True
+            body.append(f"    # {label} (vst3): plugin state with afx's values{note}")
+            body.append("    state = base64.b64decode(")
+            body.extend(f"        {ln!r}" for ln in lines)
+            body.append("    )")
+            body.append(f"    y = run_vst3({str(opts.get('path'))!r}, state, {_vst3_is_mono(fx)!r}, y, sample_rate)")
+            continue
         if fx.kind == "vst3":
-            setters = _vst3_attribute_code(fx, vals)
-            preset_note = ""
-            if vstpresets and label in vstpresets:
-                preset_note = f" (its state is also in {vstpresets[label].name})"
-            if setters is not None and not getattr(fx, "latency_samples", 0) and not getattr(fx, "mono", False):
-                body.append(f"    # {label} (vst3){preset_note}")
-                body.append(f"    plugin = pedalboard.load_plugin({str(opts.get('path'))!r})")
-                body.extend(f"    {s}" for s in setters)
-                body.append("    y = plugin(y, sample_rate)")
-                continue
-            body.append(f"    # {label} (vst3){preset_note}: rendered by afx (per-channel instances / "
-                        "latency compensation)")
+            body.append(f"    # {label} (vst3): rendered by afx")
         else:
             body.append(f"    # {label} ({fx.kind}): no pedalboard built-in, rendered by afx's exact form")
         uses_afx = True
@@ -735,9 +752,12 @@ def to_pedalboard_snippet(setting: StaticSetting, vstpresets: Mapping[str, Path]
     if uses_afx:
         header += ["", "Effects without a pedalboard built-in are rendered by afx itself, so run this",
                    "with a Python that can import afxcli (e.g. afx's own .venv)."]
-    header += ['"""', "import sys", "", "import numpy as np", "import pedalboard", "import soundfile as sf"]
+    header += ['"""'] + (["import base64"] if uses_vst3 else []) + [
+        "import sys", "", "import numpy as np", "import pedalboard", "import soundfile as sf"]
     if uses_afx:
         header += ["", "from afxcli.effects import create", "from afxcli.render import render_effect"]
+    if uses_vst3:
+        header += _VST3_HELPER.rstrip("\n").split("\n")
     code = header + [
         "", "",
         "def process(audio, sample_rate):",
