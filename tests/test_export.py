@@ -475,10 +475,11 @@ ZAM = Path("/usr/lib/vst3")
 
 
 @needs_kind("vst3")
-@pytest.mark.skipif(not (ZAM / "ZamCompX2.vst3").exists() or not (ZAM / "ZamComp.vst3").exists(),
+@pytest.mark.skipif(not all((ZAM / f"{n}.vst3").exists() for n in ("ZamCompX2", "ZamComp", "ZaMaximX2")),
                     reason="Debian package zam-plugins not installed (apt-get install zam-plugins)")
 def test_pedalboard_snippet_with_vst3_plugins(tmp_path):
-    """Stereo (ZamCompX2) and mono-only (ZamComp, one instance per channel) plugins: the script
+    """Stereo (ZamCompX2), mono-only (ZamComp, one instance per channel) and latent (ZaMaximX2)
+    plugins: the script
     restores afx's values from the embedded state and reproduces afx's render; .vstpreset files
     are written next to it and restore the same values in a fresh instance."""
     import pedalboard
@@ -487,7 +488,9 @@ def test_pedalboard_snippet_with_vst3_plugins(tmp_path):
                {"type": "vst3", "label": "zc", "options": {"path": str(ZAM / "ZamCompX2.vst3")},
                 "fixed": {"threshold_db": -23.456789, "ratio": 4.321, "attack_ms": 3.21}},
                {"type": "vst3", "label": "zm", "options": {"path": str(ZAM / "ZamComp.vst3")},
-                "fixed": {"threshold_db": -18.0, "ratio": 3.0, "makeup_db": 2.0}}]
+                "fixed": {"threshold_db": -18.0, "ratio": 3.0, "makeup_db": 2.0}},
+               {"type": "vst3", "label": "max", "options": {"path": str(ZAM / "ZaMaximX2.vst3")},
+                "fixed": {"threshold_db": -6.0}}]  # 480 samples of latency
     src = write_chain(tmp_path / "c.json", effects)
     probe = REGISTRY["vst3"](44100.0, path=str(ZAM / "ZamCompX2.vst3"))
     if probe.vstpreset_bytes({"threshold_db": -30.0}) == probe.vstpreset_bytes({"threshold_db": -10.0}):
@@ -496,9 +499,11 @@ def test_pedalboard_snippet_with_vst3_plugins(tmp_path):
     script = tmp_path / "preset.py"
     text = export_preset(src, "pedalboard", script, sample_rate=44100)
     assert "pedalboard.load_plugin" in text and "render_effect" not in text
-    for label, threshold in (("zc", -23.456789), ("zm", -18.0)):
-        fresh = pedalboard.load_plugin(str(ZAM / ("ZamCompX2.vst3" if label == "zc" else "ZamComp.vst3")))
-        fresh.load_preset(str(tmp_path / f"preset.{label}.vstpreset"))
+    bundles = {"zc": "ZamCompX2.vst3", "zm": "ZamComp.vst3", "max": "ZaMaximX2.vst3"}
+    for label, threshold in (("zc", -23.456789), ("zm", -18.0), ("max", -6.0)):
+        fresh = pedalboard.load_plugin(str(ZAM / bundles[label]))
+        # (pedalboard's load_preset(file) does not restore ZaMaximX2; assigning preset_data does)
+        fresh.preset_data = (tmp_path / f"preset.{label}.vstpreset").read_bytes()
         assert abs(fresh.threshold_db - threshold) < 1e-3
     export_preset(src, "json", tmp_path / "p.json", sample_rate=44100)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}

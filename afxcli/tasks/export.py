@@ -673,19 +673,27 @@ def _vst3_is_mono(fx) -> bool:
 _VST3_HELPER = '''
 
 def run_vst3(path, preset_data, mono, audio, sample_rate):
-    """A VST3 plugin restored from its saved state (.vstpreset bytes), one-shot (pedalboard
-    compensates the plugin's latency). Mono-only plugins get one instance per channel; a stereo
-    plugin given mono audio processes [x, x] and returns the mean of its outputs (as afx does)."""
-    def load():
+    """A VST3 plugin restored from its saved state (.vstpreset bytes), rendered like afx does:
+    streamed (reset=False), flushed with reported_latency_samples of silence, first n samples kept
+    (pedalboard 0.9.26 returns a latent plugin's stream aligned this way; a one-shot call on a
+    freshly loaded plugin comes back delayed by the latency instead). Mono-only plugins get one instance per channel; a stereo plugin given mono audio processes
+    [x, x] and returns the mean of its outputs (as afx does)."""
+    def render(x):
         plugin = pedalboard.load_plugin(path)
         plugin.preset_data = preset_data
-        return plugin
+        n = x.shape[1]
+        y = plugin(x, sample_rate, reset=False)
+        latency = int(plugin.reported_latency_samples)
+        if latency:
+            tail = plugin(np.zeros((x.shape[0], latency), np.float32), sample_rate, reset=False)
+            y = np.concatenate([y, tail], axis=1)
+        return y[:, :n]
 
     if mono:
-        return np.concatenate([load()(audio[c:c + 1], sample_rate) for c in range(audio.shape[0])])
+        return np.concatenate([render(audio[c:c + 1]) for c in range(audio.shape[0])])
     if audio.shape[0] == 1:
-        return load()(np.concatenate([audio, audio]), sample_rate).mean(axis=0, keepdims=True)
-    return load()(audio, sample_rate)
+        return render(np.concatenate([audio, audio])).mean(axis=0, keepdims=True)
+    return render(audio)
 '''
 
 
