@@ -147,7 +147,7 @@ def eq_figures(signals: dict, draws: int, seed: int) -> None:
         return
     for sr in SAMPLE_RATES_HZ:
         try:
-            effect = REGISTRY["peq"](sr)
+            effect = REGISTRY["peq"](sr, train_filter="fs")
             worst_db = math.inf
             for layout in ("mono", "stereo"):
                 x = torch.from_numpy(signals[(sr, layout)][:, :EQ_TRAIN_SAMPLES].astype(np.float64))[None]

@@ -80,7 +80,7 @@ def test_frequency_sampling_matches_exact_at_training_length(sr, n):
     x = torch.from_numpy(_music(sr, n / sr, 1, seed=3)).unsqueeze(0)  # float64 (1, 1, n)
     snrs = []
     for kind, opts in [("peq", {}), ("geq", {"bands": "third"})]:
-        eq = create(kind, sr, **opts)
+        eq = create(kind, sr, train_filter="fs", **opts)
         rng = np.random.default_rng(sr)
         params = torch.stack([eq.values_to_tensor(eq.random_values(rng), dtype=torch.float64)[0] for _ in range(4)])
         xb = x.repeat(4, 1, 1)
@@ -94,7 +94,7 @@ def test_frequency_sampling_matches_exact_at_training_length(sr, n):
 @pytest.mark.parametrize("kind,opts", EFFECTS[:1] + EFFECTS[3:])
 def test_gradients_finite_at_range_edges(kind, opts):
     sr = 48000
-    eq = create(kind, sr, **opts)
+    eq = create(kind, sr, train_filter="fs", **opts)
     x = torch.from_numpy(_music(sr, 0.1, 2, seed=1)).unsqueeze(0)
     for q in (0.0, 1.0):
         for dtype, mode in ((torch.float32, "exact"), (torch.float64, "exact"), (torch.float64, "train")):
@@ -109,7 +109,7 @@ def test_gradients_finite_at_range_edges(kind, opts):
 
 def test_gradcheck_through_effect_exact_and_train():
     sr = 16000
-    eq = create("peq", sr, n_peaks=1)
+    eq = create("peq", sr, n_peaks=1, train_filter="fs")
     x = torch.randn(1, 1, 64, dtype=torch.float64)
     v = {"low_shelf_freq_hz": 300.0, "low_shelf_gain_db": 5.0, "low_shelf_q": 0.8, "peak1_freq_hz": 1500.0,
          "peak1_gain_db": -7.0, "peak1_q": 2.0, "high_shelf_freq_hz": 4000.0, "high_shelf_gain_db": 3.0,

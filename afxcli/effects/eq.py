@@ -14,8 +14,11 @@ Rendering paths (``forward(x, params, block_size, mode)``):
   straight-through), which makes the output bit-identical to the twin. float64 audio is filtered in
   float64 with float64 coefficients (the ideal filter; it differs from pedalboard by pedalboard's
   own float32 round-off, up to ~2e-3 for a 20 Hz, Q 10, +18 dB boost).
-- ``mode="train"``: frequency sampling (DeepAFx-ST) for static parameters; time-varying parameters
-  fall back to the exact path.
+- ``mode="train"``: frequency sampling (DeepAFx-ST) for static parameters where it pays off;
+  time-varying parameters always take the exact path. Option ``train_filter``: ``"auto"`` (default:
+  frequency sampling on an accelerator, the exact kernel on CPU, where the numba recursion is far
+  cheaper than a 4x-padded FFT: 60 s stereo, 6 sections, forward+backward 1.3 s exact vs 19 s
+  frequency-sampled on one core), ``"fs"`` or ``"exact"``.
 """
 from __future__ import annotations
 
@@ -45,13 +48,21 @@ class _BiquadEQ(Effect):
     differentiable = True
     has_twin = True
     _allowed_options: tuple[str, ...] = ()
+    TRAIN_FILTERS = ("auto", "fs", "exact")
 
     def __init__(self, sample_rate: float, **options: Any) -> None:
+        train_filter = options.pop("train_filter", "auto")
+        if train_filter not in self.TRAIN_FILTERS:
+            raise AfxError(f"{self.kind}: train_filter must be one of {', '.join(self.TRAIN_FILTERS)}, "
+                           f"not {train_filter!r}")
+        self.train_filter = train_filter
         unknown = set(options) - set(self._allowed_options)
         if unknown:
             raise AfxError(f"{self.kind}: unknown option(s) {', '.join(sorted(unknown))} "
                            f"(it has: {', '.join(self._allowed_options) or 'none'})")
         super().__init__(sample_rate, **options)
+        if train_filter != "auto":
+            self.options["train_filter"] = train_filter
         self._sections = self._layout()
 
     def _layout(self) -> list[tuple[str, Any, Any, Any]]:
@@ -102,7 +113,8 @@ class _BiquadEQ(Effect):
         """``x`` ``(batch, channels, samples)``, physical ``params`` ``(batch, n[, blocks])``
         -> ``(batch, channels, samples)`` in ``x.dtype``."""
         c64 = self.coefficients(params)
-        if mode == "train" and params.dim() == 2:
+        if mode == "train" and params.dim() == 2 and (
+                self.train_filter == "fs" or (self.train_filter == "auto" and x.device.type != "cpu")):
             return fs_filter(x, c64)
         if x.dtype == torch.float32:
             c32 = self.coefficients_f32(params)
