@@ -678,13 +678,17 @@ _VST3_HELPER = '''
 
 def run_vst3(path, preset_data, mono, audio, sample_rate):
     """A VST3 plugin restored from its saved state (.vstpreset bytes), rendered like afx does:
-    streamed (reset=False), flushed with reported_latency_samples of silence, first n samples kept
-    (pedalboard 0.9.26 returns a latent plugin's stream aligned this way; a one-shot call on a
-    freshly loaded plugin comes back delayed by the latency instead). Mono-only plugins get one instance per channel; a stereo plugin given mono audio processes
-    [x, x] and returns the mean of its outputs (as afx does)."""
+    primed with a little silence and reset (until a plugin has processed once, pedalboard does
+    not know its latency and returns the stream delayed by it), then streamed (reset=False),
+    flushed with reported_latency_samples of silence and the first n samples kept (pedalboard
+    withholds a prepared plugin's latency in streaming). Mono-only plugins get one instance per
+    channel; a stereo plugin given mono audio processes [x, x] and returns the mean of its outputs
+    (as afx does)."""
     def render(x):
         plugin = pedalboard.load_plugin(path)
         plugin.preset_data = preset_data
+        plugin(np.zeros((x.shape[0], 64), np.float32), sample_rate, reset=False)
+        plugin.reset()
         n = x.shape[1]
         y = plugin(x, sample_rate, reset=False)
         latency = int(plugin.reported_latency_samples)
