@@ -462,10 +462,14 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
         export_preset(bad, "json")
     _one_line_naming(e.value, "bad_range.json")
 
-    # output folder missing: nothing written, one line
+    # output folder missing, or the output is a folder: nothing written, one line
     with pytest.raises(AfxError) as e:
         export_preset(src, "json", tmp_path / "no_dir" / "p.json")
     assert "\n" not in str(e.value)
+    (tmp_path / "a_dir").mkdir()
+    with pytest.raises(AfxError, match="directory") as e:
+        export_preset(src, "json", tmp_path / "a_dir")
+    assert "\n" not in str(e.value) and not any((tmp_path / "a_dir").iterdir())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -835,6 +835,8 @@ def export_preset(src_path: str | Path, fmt: str, out_path: str | Path | None = 
     out = Path(out_path) if out_path is not None else None
     if out is not None and _same_file(out, src):
         raise AfxError(f"{out}: refusing to overwrite the input preset {src}")
+    if out is not None and out.is_dir():
+        raise AfxError(f"{out}: is a directory, give a file name")
     setting = resolve_setting(src, at, reduce, sample_rate)
     extra: dict[Path, bytes] = {}
     if fmt == "json":
@@ -858,9 +860,12 @@ def export_preset(src_path: str | Path, fmt: str, out_path: str | Path | None = 
                     extra[paths[lab]] = bytes(make(vals))
         text = to_pedalboard_snippet(setting, paths)
     if out is not None:
-        write_text_atomic(out, text if text.endswith("\n") else text + "\n")
-        for path, data in extra.items():
-            _write_bytes_atomic(path, data)
+        try:
+            write_text_atomic(out, text if text.endswith("\n") else text + "\n")
+            for path, data in extra.items():
+                _write_bytes_atomic(path, data)
+        except OSError as e:
+            raise AfxError(f"{e.filename or out}: cannot write ({e.strerror or e.__class__.__name__})") from None
     return text
 
 
