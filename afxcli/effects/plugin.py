@@ -41,7 +41,10 @@ ZamDynamicEQ...) runs one instance per channel; a stereo-only plugin given mono 
 call (``reset=True``) compensates the plugin's reported latency (output aligned, same length); in
 streaming (``reset=False``) pedalboard *withholds* the first ``reported_latency_samples`` of output
 (the first chunk comes back shorter, zeros fed at the end flush it), exactly like its built-ins, so
-:class:`VST3Renderer` has ``delays_stream = False``. (The stream mode is measured per plugin at load
+:class:`VST3Renderer` has ``delays_stream = False``. This holds once the instance has been
+``reset()``: a freshly loaded, never-run instance reports its latency but withholds nothing, so its
+stream comes back *delayed* by it (a click at sample 1000 came out at 1480). The renderer therefore
+resets every instance before its first block. (The stream mode is measured per plugin at load
 time; a pedalboard that delayed the stream instead would be reported as ``delays_stream = True``.)
 pedalboard re-prepares a plugin (which clears its state) when a call is longer than every earlier
 call since the last reset, so the renderer splits blocks to at most the first block's length.
@@ -129,13 +132,13 @@ class _Param:
         return float(np.interp(value, self.table_val, self.table_raw))
 
     def tolerance(self, value: float) -> float:
-        """How far the displayed value may be from the target (text precision / scan step)."""
-        if self.table_val is None or len(self.table_val) < 2:
+        """How far the displayed value may be from the target: 0.1 % of the range where the
+        plugin's text parser is used, else 0.6 of the local scan step (table interpolation)."""
+        if self.text_ok or self.table_val is None or len(self.table_val) < 3:
             return self.tol_scale
-        i = int(np.clip(np.searchsorted(self.table_val, value), 1, len(self.table_val) - 1))
-        lo = max(0, i - 2)
-        step = float(np.max(np.diff(self.table_val[lo:i + 2]))) if i + 2 - lo >= 2 else 0.0
-        return max(self.tol_scale, 0.6 * step if not self.text_ok else 0.0)
+        i = int(min(max(np.searchsorted(self.table_val, value), 1), len(self.table_val) - 2))
+        step = max(self.table_val[i + 1] - self.table_val[i], self.table_val[i] - self.table_val[i - 1])
+        return max(self.tol_scale, 0.6 * float(step))
 
 
 @dataclass
@@ -487,6 +490,7 @@ class VST3Renderer(Renderer):
         self._channels: int | None = None
         self._max_call = 0
         self._pooled = pooled
+        self._cps: list[list] = []
 
     # --- values ---
     def set_values(self, values: Mapping[str, float]) -> None:
@@ -506,9 +510,12 @@ class VST3Renderer(Renderer):
         for i in changed:
             p = eff._free[i]
             v = float(self._vec[i])
-            for inst in self.instances:
-                cp = inst._parameters[p.index]
-                _set_raw(cp, p.raw_for(cp, v), f"vst3 {eff.path}: {p.spec.name}={v:g}")
+            raw = None
+            for cps in self._cps:
+                cp = cps[p.index]
+                if raw is None:
+                    raw = p.raw_for(cp, v)
+                _set_raw(cp, raw, f"vst3 {eff.path}: {p.spec.name}={v:g}")
                 shown = parse_number(cp.string_value)
                 if math.isfinite(shown) and abs(shown - v) > p.tolerance(v):
                     raise AfxError(f"vst3 {eff.path}: {p.spec.name}={v:g} did not take effect "
@@ -536,12 +543,17 @@ class VST3Renderer(Renderer):
                           else [self.effect._new_instance() for _ in range(n_inst)])
         # A fresh pedalboard instance does not withhold its latency on its first stream; after
         # reset() it does (measured with ZaMaximX2). Reset every instance so all streams agree.
-        for inst in self.instances:
-            inst.reset()
-        self._max_call = 0
+        self._reset_instances()
         self._channels = channels
         self._applied = None
         self._apply()
+
+    def _reset_instances(self) -> None:
+        for inst in self.instances:
+            inst.reset()
+        # parameter objects, looked up again after a reset (pedalboard may re-instantiate a plugin)
+        self._cps = [list(inst._parameters) for inst in self.instances]
+        self._max_call = 0
 
     def _call(self, inst, block: np.ndarray) -> np.ndarray:
         return inst(block, self.effect.sample_rate, reset=False)
@@ -555,9 +567,9 @@ class VST3Renderer(Renderer):
         ch, n = block.shape
         self._ensure(ch)
         if reset:
-            for inst in self.instances:
-                inst.reset()
-            self._max_call = 0
+            self._reset_instances()
+            self._applied = None
+            self._apply()
         if n == 0:
             return np.zeros((ch, 0), np.float32)
         if self._max_call == 0:
