@@ -9,7 +9,7 @@ Flow: preset/trace/chain JSON -> one static setting (``--at SECONDS`` or ``--red
     text (floats are written with ``repr`` precision and re-validated unchanged).
 ``ffmpeg``
     An ``-af`` filter string (``ffmpeg -i in.wav -af "$(cat preset.txt)" out.wav``). It starts with
-    ``aresample=<sr>`` because EQ sections are written as ``biquad`` coefficients and dynamics time
+    ``aresample=<sr>`` (then ``aformat`` to float samples, so integer input gets headroom) because EQ sections are written as ``biquad`` coefficients and dynamics time
     constants are converted per sample, both **specific to that rate** (``--sample-rate`` sets it;
     default the trace's). Mapping and accuracy (ffmpeg 5.1, measured against afx's own render):
 
@@ -30,10 +30,12 @@ Flow: preset/trace/chain JSON -> one static setting (``--at SECONDS`` or ``--red
       ``knee=1`` (hard), threshold as a linear level, makeup as a following ``volume``, and attack /
       release converted so that ffmpeg's per-sample coefficient ``4000 / (t * sr)`` equals JUCE's
       ``1 - exp(-2*pi*1000 / (sr * t))`` (libavfilter ``af_sidechaincompress.c`` uses the same peak
-      detector and gain law ``(env / thr)^(1/ratio - 1)``). Exact for mono (about -120 dBFS
-      measured). JUCE compresses each channel on its own; with ``channels=2`` the filter is wrapped
-      in ``channelsplit``/``join`` and is exact for stereo too, otherwise ``link=maximum`` is an
-      approximation for stereo.
+      detector and gain law ``(env / thr)^(1/ratio - 1)``): -106 dBFS (mono) and -132 dBFS
+      (stereo) max abs error measured for gain + compressor + clip + distortion. JUCE compresses
+      each channel on its own, so by default the filter runs per channel (``pan`` to stereo, then
+      ``channelsplit``/``join``; mono input comes out as two identical channels). ``channels=1``
+      gives a plain ``link=maximum`` string that keeps the channel count: exact for mono, but a
+      linked approximation for stereo (-4.4 dBFS max abs error on the stereo example music).
     - ``compressor_soft`` -> ``acompressor`` ``link=maximum`` (afx's detector is linked on the
       channel maximum), ``knee = 10^(knee_db/20)`` (ffmpeg's knee spans ``thr/sqrt(k)..thr*sqrt(k)``,
       at most 8 = 18 dB), time constants converted like above. **Approximation**: afx smooths the
@@ -323,13 +325,20 @@ class _FFContext:
     n_split: int = 0
 
     def per_channel(self, filt: str) -> str:
-        """``filt`` run on each channel of a stereo stream on its own (unlinked), or as-is."""
-        if self.channels != 2:
+        """``filt`` run on each channel of a stereo stream on its own (unlinked), or as-is for
+        ``channels=1``. The first split is preceded by ``pan=stereo|FL=FL+FC|FR=FR+FC``: stereo
+        passes unchanged (bit-exact), mono becomes two identical channels at unity gain (ffmpeg's
+        automatic mono->stereo conversion would scale them by -3 dB). Each branch ends in
+        ``aformat=sample_fmts=dblp``: left to itself ffmpeg 5.1 negotiates 64-bit *integer*
+        samples for ``join`` and clips everything beyond full scale."""
+        if self.channels == 1:
             return filt
         i = self.n_split
         self.n_split += 1
-        return (f"channelsplit=channel_layout=stereo[afxL{i}][afxR{i}];"
-                f"[afxL{i}]{filt}[afxl{i}];[afxR{i}]{filt}[afxr{i}];"
+        pan = "pan=stereo|FL=FL+FC|FR=FR+FC," if i == 0 else ""
+        return (f"{pan}channelsplit=channel_layout=stereo[afxL{i}][afxR{i}];"
+                f"[afxL{i}]{filt},aformat=sample_fmts=dblp[afxl{i}];"
+                f"[afxR{i}]{filt},aformat=sample_fmts=dblp[afxr{i}];"
                 f"[afxl{i}][afxr{i}]join=inputs=2:channel_layout=stereo")
 
 
@@ -442,14 +451,18 @@ FFMPEG_FILTERS: dict[str, Callable[..., list[str]]] = {
 def to_ffmpeg(setting: StaticSetting, channels: int | None = None) -> str:
     """ffmpeg ``-af`` filter string (one line, no newline) for the setting; see the module notes.
 
-    ``channels``: 2 makes per-channel dynamics (compressor, gate) exact for stereo input (the
-    string then needs stereo input); ``None``/1 gives a string that runs on any channel count."""
+    ``channels``: with ``None``/2 per-channel dynamics (JUCE compressor, gate) run on each channel
+    of a stereo stream (exact; mono input comes out as two identical channels); with 1 they run
+    once with ``link=maximum`` (exact for mono, a linked approximation for stereo, and the channel
+    count is kept). Chains without per-channel dynamics keep the channel count either way."""
     if channels not in (None, 1, 2):
         raise AfxError(f"ffmpeg export: channels must be 1 or 2, not {channels!r}")
     sr = setting.sample_rate
     if sr != int(sr):
         raise AfxError(f"ffmpeg export needs an integer sample rate, not {sr:g} Hz")
-    parts = [f"aresample={int(sr)}"]
+    # float samples from the start: with integer input ffmpeg would otherwise run biquad (and
+    # volume) on integers, clipping boosts above full scale between filters
+    parts = [f"aresample={int(sr)}", "aformat=sample_fmts=flt|fltp|dbl|dblp"]
     split = 0
     for label, fx, vals, _entry in setting.items():
         conv = FFMPEG_FILTERS.get(fx.kind)
@@ -825,7 +838,7 @@ def export_preset(src_path: str | Path, fmt: str, out_path: str | Path | None = 
             time-varying trace. Giving both is an error.
         sample_rate: rate the setting is validated and (ffmpeg) coefficients are computed at;
             default the trace's (48 kHz for a bare chain spec).
-        channels: ffmpeg only: 2 = exact per-channel dynamics for stereo input.
+        channels: ffmpeg only: 1 = mono-style string for per-channel dynamics (see :func:`to_ffmpeg`).
     Returns:
         The exported text (what is written to ``out_path``).
     """
