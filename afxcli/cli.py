@@ -372,6 +372,21 @@ def export_preset_cmd(
         note(f"{source} -> {output} ({fmt})")
 
 
+@app.command()
+def train(
+    task: str = typer.Argument(..., metavar="TASK", help="Training task: toy, paired, proxy, ..."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config (JSON or TOML)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from OUT/last.pt if it exists."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: checkpoints and log.jsonl."),
+) -> None:
+    """Train a model (interruptible: run the same command again to resume)."""
+    from .train import run_training
+
+    res = run_training(task, config, out, resume=resume, quiet=STATE.quiet)
+    best = f", best val_loss {res.best_val_loss:.6g}" if res.best_val_loss is not None else ""
+    print(f"{res.checkpoint} (step {res.step}/{res.steps}, {res.stop_reason}{best})", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------
