@@ -156,6 +156,11 @@ def test_layer_errors():
         layer.render_perturbed(x, np.stack([q, q]), np.stack([q, q]))
     with pytest.raises(AfxError, match="must follow render"):
         layer.render_perturbed(x * 0.5, q, q)
+    fwd = BlackBoxLayer(chain, SR, 2, pairs=0)  # forward-only: M instances
+    assert fwd.n_instances == 2
+    assert np.array_equal(fwd.render(x, q), BlackBoxLayer(chain, SR, 2).render(x, q))
+    with pytest.raises(AfxError, match="forward-only"):
+        fwd.render_perturbed(x, q, q)
 
 
 def test_stateless_layer_option_and_no_renderer_fallback():

@@ -201,7 +201,8 @@ class BlackBoxLayer:
         stateful: ``False`` makes every call render from fresh instances (delegates to
             :class:`StatelessRenderer`, latency compensated).
         pairs: perturbation instance pairs per slot (1 for SPSA with one draw; ``K`` draws need
-            ``K``; central finite differences need ``P``).
+            ``K``; central finite differences need ``P``; 0 for a forward-only layer of ``M``
+            instances, e.g. inference or validation, whose :meth:`render_perturbed` raises).
 
     Shapes: ``x`` ``(M, channels, frame_samples)`` float32, ``q`` ``(M, P)`` normalized in [0, 1].
     Call :meth:`render` once per frame, then (for a gradient) :meth:`render_perturbed` with the same
@@ -216,8 +217,8 @@ class BlackBoxLayer:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise AfxError(f"batch_size must be at least 1, got {batch_size}")
-        if int(pairs) < 1:
-            raise AfxError(f"pairs must be at least 1, got {pairs}")
+        if int(pairs) < 0:
+            raise AfxError(f"pairs must be at least 0, got {pairs}")
         self.pairs = int(pairs)
         self.stateful = bool(stateful)
         self._pool = _Pool(workers)
@@ -268,6 +269,8 @@ class BlackBoxLayer:
             raise AfxError("render_perturbed must follow render() of the same frame (the ± instances "
                            "follow the main stream frame by frame)")
         K = qp.shape[0]
+        if self.pairs == 0:
+            raise AfxError("this black-box layer is forward-only (pairs=0): no perturbation instances")
         if K > self.pairs:
             raise AfxError(f"{K} perturbation draws need {K} instance pairs per slot; this layer has "
                            f"{self.pairs} (BlackBoxLayer(..., pairs={K}))")
