@@ -11,6 +11,7 @@ from afxcli.errors import AfxError
 from afxcli.nn import (CQT, Analyzer, BlindModel, FrameWiseModel, LogMel, MobileNetEncoder, PowerSTFT,
                        StyleModel, TFEncoder, frames_to_blocks, make_analyzer)
 from afxcli.nn.encoders import context_half_width
+from afxcli.nn.frontends import constant_q_kernels, mel_filterbank
 from afxcli.nn.framewise import dilation_plan
 
 torch.set_num_threads(1)
@@ -86,19 +87,34 @@ def test_power_stft_matches_librosa():
     assert PowerSTFT().n_fft == 4096 and PowerSTFT().hop_samples == 2048
 
 
-def test_cqt_matches_direct_correlation_with_librosa_kernels():
+def test_mel_filterbank_matches_librosa():
+    for sr, n_fft, n_mels, f_min, f_max in ((22050, 1024, 128, 0.0, None), (24000, 2048, 64, 30.0, 11000.0)):
+        ours = mel_filterbank(sr, n_fft, n_mels, f_min, f_max)
+        ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max)
+        assert ours.shape == ref.shape
+        assert np.max(np.abs(ours - ref)) < 1e-6 * ref.max()
+
+
+def test_cqt_matches_direct_correlation():
     sr, hop = 22050, 512
     fe = CQT(sr, hop_samples=hop, log=False, batch_norm=False)
     assert fe.n_bins == 99                      # C1 … 0.45·sr at 12 bins/octave
+    freqs = fe.frequencies_hz.numpy().astype(np.float64)
+    assert np.allclose(freqs, librosa.cqt_frequencies(99, fmin=32.703), rtol=1e-6)
     x = noise(20000, seed=4)[0, 0].numpy().astype(np.float64)
     out = fe(torch.from_numpy(x).float()[None, None])[0, 0].numpy()
     assert out.shape == (99, 1 + 20000 // hop)
-    kernels, _ = librosa.filters.wavelet(freqs=fe.frequencies_hz.numpy().astype(np.float64), sr=sr,
-                                         norm=1, dtype=np.complex128)
-    n = kernels.shape[1]
-    padded = np.pad(x, (n // 2, n // 2))
+    kernels = constant_q_kernels(sr, freqs)
+    q = 1 / (2 ** (1 / 12) - 1)
+    assert all(0 <= len(k) - q * sr / f <= 3 for k, f in zip(kernels, freqs))   # Brown 1991 lengths
     for j in (0, 3, 20, out.shape[1] - 1):    # includes both edges (zero padding)
-        direct = np.abs(kernels.conj() @ padded[j * hop: j * hop + n])
+        direct = []
+        for k in kernels:                      # C[k, j] = Σ_n x[j·hop + n] conj(a_k[n]), n centered
+            h = len(k) // 2
+            idx = j * hop + np.arange(-h, h + 1)
+            seg = np.where((idx >= 0) & (idx < len(x)), x[np.clip(idx, 0, len(x) - 1)], 0.0)
+            direct.append(abs(np.dot(seg, k.conj())))
+        direct = np.array(direct)
         assert np.max(np.abs(out[:, j] - direct) / direct) < 2e-3, j
 
 

@@ -18,12 +18,12 @@ Front ends:
 - :class:`CQT` — constant-Q magnitude (in dB), the input of BE-AFX's TE/TFE analysis networks
   (Peladeau & Peeters, ICASSP 2024, §2.2). Kernels: Brown, "Calculation of a constant Q spectral
   transform", JASA 89(1), 1991 (Hann-windowed complex exponentials of length ``Q·sr/f_k``), built
-  once with ``librosa.filters.wavelet``; applied in the frequency domain following Brown &
+  once in NumPy; applied in the frequency domain following Brown &
   Puckette, "An efficient algorithm for the calculation of a constant Q transform", JASA 92(5),
   1992: ``C[k, j] = Σ_n x[j·hop + n] · conj(a_k[n])`` is a sum over the frame's spectrum
-  (Parseval) against the kernel's spectrum, which has energy only in a narrow band. Kernels are grouped by octave so each octave uses its
-  own FFT size (the shortest power of two that holds its longest kernel) and only the FFT bins
-  where its kernels have energy.
+  (Parseval) against the kernel's spectrum, which has energy only in a narrow band. Kernels are
+  grouped by octave so each octave uses its own FFT size (the shortest power of two that holds its
+  longest kernel) and only the FFT bins where its kernels have energy.
 
 The mel and CQT filter banks are non-trainable buffers; only the batch-norm affine parameters
 train.
@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import librosa
 import numpy as np
 import torch
 from torch import nn
@@ -46,6 +45,54 @@ ChannelMode = Literal["mono", "keep"]
 def _power_to_db(power: torch.Tensor, amin: float) -> torch.Tensor:
     """``10 * log10(max(power, amin))`` — ``librosa.power_to_db`` with ``ref=1``, no ``top_db``."""
     return 10.0 * torch.log10(torch.clamp(power, min=amin))
+
+
+def hz_to_mel(f_hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (Auditory Toolbox, 1998): linear below 1 kHz (``f / (200/3)``),
+    logarithmic above (``15 + ln(f / 1000) / (ln 6.4 / 27)``)."""
+    f_hz = np.asarray(f_hz, dtype=np.float64)
+    log_step = math.log(6.4) / 27.0
+    return np.where(f_hz < 1000.0, f_hz * 3.0 / 200.0,
+                    15.0 + np.log(np.maximum(f_hz, 1e-12) / 1000.0) / log_step)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    log_step = math.log(6.4) / 27.0
+    return np.where(mel < 15.0, mel * 200.0 / 3.0, 1000.0 * np.exp(log_step * (mel - 15.0)))
+
+
+def mel_filterbank(sample_rate: float, n_fft: int, n_mels: int, f_min_hz: float = 0.0,
+                   f_max_hz: float | None = None) -> np.ndarray:
+    """Triangular mel filters ``(n_mels, n_fft // 2 + 1)`` on Slaney's scale, each scaled to unit area
+    in Hz (``2 / (f_{m+2} - f_m)``, Slaney's normalization): ``n_mels + 2`` edges equally spaced in
+    mel between ``f_min_hz`` and ``f_max_hz`` (default Nyquist)."""
+    f_max_hz = 0.5 * sample_rate if f_max_hz is None else float(f_max_hz)
+    if not 0.0 <= f_min_hz < f_max_hz <= 0.5 * sample_rate:
+        raise AfxError(f"mel: need 0 ≤ f_min_hz < f_max_hz ≤ Nyquist, got {f_min_hz}, {f_max_hz}")
+    fft_hz = np.linspace(0.0, 0.5 * sample_rate, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min_hz), hz_to_mel(f_max_hz), n_mels + 2))
+    lower = (fft_hz[None, :] - edges[:-2, None]) / np.diff(edges)[:-1, None]
+    upper = (edges[2:, None] - fft_hz[None, :]) / np.diff(edges)[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    return weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+
+
+def constant_q_kernels(sample_rate: float, frequencies_hz: np.ndarray, filter_scale: float = 1.0,
+                       bins_per_octave: int = 12) -> list[np.ndarray]:
+    """Brown (1991) constant-Q kernels: for center frequency ``f_k``, ``Q = filter_scale /
+    (2^(1/bins_per_octave) - 1)``, an odd length ``N_k ≈ Q · sr / f_k``, and
+    ``a_k[n] = w[n] · exp(2πi f_k n / sr)`` for ``n = -(N_k-1)/2 … (N_k-1)/2`` (symmetric Hann ``w``),
+    L1-normalized. Returns one complex128 array per bin, centered on ``n = 0``."""
+    q = filter_scale / (2.0 ** (1.0 / bins_per_octave) - 1.0)
+    kernels = []
+    for f in np.asarray(frequencies_hz, dtype=np.float64):
+        half = max(1, int(math.ceil(q * sample_rate / f / 2.0)))
+        n = np.arange(-half, half + 1)
+        kernel = np.hanning(2 * half + 1) * np.exp(2j * np.pi * f * n / sample_rate)
+        kernels.append(kernel / np.abs(kernel).sum())
+    return kernels
 
 
 class FrontEnd(nn.Module):
@@ -135,8 +182,8 @@ class _STFTMixin:
 class LogMel(_STFTMixin, FrontEnd):
     """Log-scaled mel spectrogram (dB) + batch norm — DeepAFx §2.1 / §3.
 
-    ``mel = M · |STFT(x)|^2`` with ``M = librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax)``
-    (Slaney mel scale, area-normalized), then ``10·log10(max(mel, amin_power))`` when ``log``.
+    ``mel = M · |STFT(x)|^2`` with ``M = mel_filterbank(...)`` (Slaney mel scale, area-normalized
+    triangles — the same matrix as ``librosa.filters.mel``), then ``10·log10(max(mel, amin_power))`` when ``log``.
     Output ``(batch, out_channels, n_mels, 1 + samples // hop_samples)``.
     """
 
@@ -149,8 +196,7 @@ class LogMel(_STFTMixin, FrontEnd):
         self.log = bool(log)
         self.amin_power = float(amin_power)
         self.register_buffer("window", torch.hann_window(self.n_fft, periodic=True), persistent=False)
-        mel = librosa.filters.mel(sr=self.sample_rate, n_fft=self.n_fft, n_mels=n_mels,
-                                  fmin=f_min_hz, fmax=f_max_hz)
+        mel = mel_filterbank(self.sample_rate, self.n_fft, n_mels, f_min_hz, f_max_hz)
         self.register_buffer("mel_basis", torch.from_numpy(mel.astype(np.float32)), persistent=False)
 
     def features(self, rows: torch.Tensor) -> torch.Tensor:
@@ -194,8 +240,8 @@ class CQT(FrontEnd):
     """Constant-Q transform in torch (Brown 1991 kernels, Brown & Puckette 1992 FFT evaluation).
 
     Bin ``k`` has center frequency ``f_k = f_min_hz · 2^(k / bins_per_octave)`` and kernel
-    ``a_k[n] = w[n] · exp(2πi f_k n / sr)`` (Hann ``w``, length ``filter_scale · Q · sr / f_k``,
-    L1-normalized — ``librosa.filters.wavelet``). ``C[k, j] = Σ_n x[j·hop + n] · conj(a_k[n])``
+    ``a_k[n] = w[n] · exp(2πi f_k n / sr)`` (Hann ``w``, length ``≈ Q · sr / f_k``,
+    ``Q = filter_scale / (2^(1/bins_per_octave) - 1)``, L1-normalized — :func:`constant_q_kernels`). ``C[k, j] = Σ_n x[j·hop + n] · conj(a_k[n])``
     (``n`` centered on zero), evaluated per octave group as
     ``Σ_n x[n] h[n] = Σ_{f ∈ band_g} w_f · Re(X_j[f] · conj(H[f]))`` for the real and imaginary
     kernel parts ``h`` (``N_g``-point real FFTs, ``w_f = 2/N_g``, ``1/N_g`` at DC and Nyquist).
@@ -218,17 +264,16 @@ class CQT(FrontEnd):
         freqs = f_min_hz * 2.0 ** (np.arange(int(n_bins)) / bins_per_octave)
         if freqs[-1] >= 0.5 * sample_rate:
             raise AfxError(f"CQT: highest bin {freqs[-1]:.0f} Hz is above Nyquist ({0.5 * sample_rate:g} Hz)")
-        filters, lengths = librosa.filters.wavelet(freqs=freqs, sr=sample_rate, window="hann",
-                                                   filter_scale=filter_scale, pad_fft=True, norm=1,
-                                                   dtype=np.complex128)
-        full = filters.shape[1]
+        kernels_by_bin = constant_q_kernels(sample_rate, freqs, filter_scale, bins_per_octave)
         groups = []
         for start in range(0, int(n_bins), bins_per_octave):
             stop = min(start + bins_per_octave, int(n_bins))
-            n_fft = 1 << int(math.ceil(math.log2(math.ceil(float(np.max(lengths[start:stop]))) + 2)))
-            n_fft = min(n_fft, full)
-            lo = full // 2 - n_fft // 2
-            kernels = filters[start:stop, lo:lo + n_fft]
+            longest = max(len(k) for k in kernels_by_bin[start:stop])
+            n_fft = 1 << int(math.ceil(math.log2(longest + 1)))
+            kernels = np.zeros((stop - start, n_fft), dtype=np.complex128)
+            for i, k in enumerate(kernels_by_bin[start:stop]):
+                h = len(k) // 2            # kernel center (n = 0) at buffer index n_fft // 2
+                kernels[i, n_fft // 2 - h: n_fft // 2 + h + 1] = k
             # C[k] = Σ_n x[n] a_re[n] - i Σ_n x[n] a_im[n]; for a real kernel h and real frame x,
             # Σ_n x h = Σ_{f=0}^{N/2} w_f Re(X[f] conj(H[f])), w_f = 1/N at DC and Nyquist, 2/N
             # elsewhere (Parseval over the one-sided spectrum). Each column is one real kernel.
