@@ -18,6 +18,9 @@ COMP_SPEC = [{"type": "compressor", "fixed": {"makeup_db": 0.0},
                        "release_ms": {"min": 10, "max": 100}}},
              {"type": "gain", "label": "trim", "free": {"gain_db": {"min": -6, "max": 6}}}]
 TINY = dict(width=8, kernel_size=3, dilations=(1, 2))
+# BE-AFX's sigmoid gain output learns a gain chain reliably (seeds 0-5: 13-105x error drop in 200
+# steps; the direct output ranged 3-39x)
+TINY_GAIN = dict(TINY, gain_output=True, max_gain_db=12.0)
 
 
 def randomized(model: ProxyTCN, seed: int = 0) -> ProxyTCN:
@@ -95,11 +98,11 @@ def one_thread():
 def test_training_reduces_error_against_the_real_effect(tmp_path, one_thread):
     ck = tmp_path / "gain.pt"
     model, hist = train_proxy(GAIN_SPEC, SR, None, steps=200, batch=4, clip_samples=2048, lr=1e-2, seed=0,
-                              checkpoint_path=ck, model_config=TINY, val_every=100, checkpoint_every=100)
+                              checkpoint_path=ck, model_config=TINY_GAIN, val_every=100, checkpoint_every=100)
     start, end = hist[0], hist[-1]
     assert start["step"] == 0 and end["step"] == 200
     assert start["val_mae"] / end["val_mae"] >= 5.0, (start["val_mae"], end["val_mae"])
-    assert end["val_mae"] < 0.5 * end["identity_mae"]  # better than passing audio through
+    assert end["val_mae"] < 0.2 * end["identity_mae"]  # better than passing audio through
     ckpt = read_proxy_checkpoint(ck)
     assert ckpt["step"] == 200 and ckpt["sample_rate"] == SR and ckpt["train_config"]["lr"] == 1e-2
     # the proxy against a fresh real render (not the validation set)
@@ -109,7 +112,7 @@ def test_training_reduces_error_against_the_real_effect(tmp_path, one_thread):
     y_real = render_real(chain, x, q)
     with torch.no_grad():
         err = (model(x, q) - y_real).abs().mean() / y_real.abs().mean()
-    assert err < 0.35, float(err)
+    assert err < 0.2, float(err)
 
 
 def _crashing(after_calls):
