@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-gain-db", type=float, default=0.0, help="gain-output ceiling in dB")
     ap.add_argument("--workers", type=int, default=1, help="threads rendering targets")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", help="torch device for the proxy (cpu, cuda)")
     args = ap.parse_args(argv)
 
     try:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             chain, None, args.audio, steps=args.steps, batch=args.batch, clip_samples=args.clip_samples,
             lr=args.lr, seed=args.seed, checkpoint_path=args.checkpoint, resume=not args.no_resume,
             model_config=cfg, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
-            val_items=args.val_items, workers=args.workers, log=lambda s: print(s, flush=True))
+            val_items=args.val_items, workers=args.workers, device=args.device, log=lambda s: print(s, flush=True))
         wall = time.perf_counter() - t0
         vals = [h for h in history if "val_mae" in h]
         first, last = vals[0], vals[-1]

@@ -714,7 +714,7 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
                 checkpoint_every: int = 100, val_every: int = 100, val_items: int = 16,
                 time_weight: float = 100.0, stft_windows: Sequence[int] = (64, 256, 1024),
                 workers: int = 1, log: Callable[[str], None] | None = None,
-                ) -> tuple[ProxyTCN, list[dict]]:
+                device: str | torch.device = "cpu") -> tuple[ProxyTCN, list[dict]]:
     """Train a :class:`ProxyTCN` to imitate ``chain`` (a :class:`Chain` or a chain spec; then
     ``sample_rate`` is required). Returns ``(model, history)``.
 
@@ -733,6 +733,8 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
     sample rate). With ``resume=True`` an existing checkpoint is continued from its step (its model
     configuration, chain and seed must match); the data of step ``s`` is a function of
     ``(seed, s)`` only, so an interrupted and resumed run reproduces an uninterrupted one.
+    ``device``: where the proxy trains (targets are always rendered on the CPU); the returned
+    model is on that device.
     """
     if not isinstance(chain, Chain):
         if sample_rate is None:
@@ -761,7 +763,8 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
     source = _as_source(audio_source, chain.sample_rate)
 
     torch.manual_seed(tc.seed)
-    model = ProxyTCN(cfg)
+    dev = torch.device(device)
+    model = ProxyTCN(cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     step = 0
     history: list[dict] = []
@@ -777,7 +780,7 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
         if int(ck.get("train_config", {}).get("seed", tc.seed)) != tc.seed:
             raise AfxError(f"{ckpt_path}: checkpoint seed {ck['train_config']['seed']} differs from {tc.seed}")
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        opt.load_state_dict(ck["optimizer"])  # follows the parameters' device
         step = int(ck["step"])
         history = list(ck.get("history", []))
         best_val = float(ck.get("best_val", math.inf))
@@ -786,7 +789,7 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
 
     # held-out set: its own random streams (and held-out audio when the source has a split)
     vrng = np.random.default_rng([tc.seed, 2**31 - 1])
-    val = _batch(chain, source, vrng, tc.val_items, tc.clip_samples, tc.workers, "val")
+    val = tuple(t.to(dev) for t in _batch(chain, source, vrng, tc.val_items, tc.clip_samples, tc.workers, "val"))
 
     def checkpoint() -> None:
         if ckpt_path is None:
@@ -799,7 +802,7 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
         v = evaluate_proxy(model, val, tc)
         if v["val_loss"] < best_val:
             best_val = v["val_loss"]
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
         say(f"step {step}: val_mae {v['val_mae']:.3g} (identity {v['identity_mae']:.3g}), "
             f"val_rel_mae {v['val_rel_mae']:.3g}, val_loss {v['val_loss']:.4g}")
         return v
@@ -810,7 +813,7 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
     while step < tc.steps:
         t0 = time.perf_counter()
         rng = np.random.default_rng([tc.seed, step])
-        x, q, y = _batch(chain, source, rng, tc.batch, tc.clip_samples, tc.workers, "train")
+        x, q, y = (t.to(dev) for t in _batch(chain, source, rng, tc.batch, tc.clip_samples, tc.workers, "train"))
         for g in opt.param_groups:
             g["lr"] = _lr_at(tc, step)
         y_hat = model(x, q)
