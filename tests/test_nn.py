@@ -303,3 +303,30 @@ def test_frames_to_blocks():
     assert torch.allclose(blocks_44[1, 2], expected, atol=1e-4)
     assert torch.allclose(frames_to_blocks(torch.full((1, 2, 5), 0.3), hop, rate, 3000, 100),
                           torch.full((1, 2, 30), 0.3))
+
+
+@pytest.mark.parametrize("fe,enc", [("logmel", "mobilenet"), ("cqt", "tfe")])
+def test_framewise_chunked_equals_full_pass(fe, enc):
+    torch.manual_seed(5)
+    model = FrameWiseModel(small_analyzer(fe, enc), n_params=3, context_samples=6000, channels=16)
+    n = 30000
+    calibrate_batch_norm(model, noise(n, seed=17, batch=2) * torch.linspace(0.01, 1.0, n))
+    x = noise(n, seed=18, channels=2) * torch.linspace(1.0, 0.05, n)
+    with torch.no_grad():
+        full = model(x)
+        for chunk in (7, 40):
+            assert torch.allclose(model.forward_chunked(x, chunk_frames=chunk), full, atol=1e-5)
+    model.train()
+    with pytest.raises(AfxError):
+        model.forward_chunked(x)
+
+
+def test_embed_windows_aggregates_window_embeddings():
+    torch.manual_seed(6)
+    a = small_analyzer("logmel", "mobilenet").eval()
+    x = noise(10000, seed=19, batch=2)
+    with torch.no_grad():
+        e = a.embed_windows(x, window_samples=3000, max_batch=2)
+        manual = torch.stack([a(x[..., s:s + 3000]) for s in (0, 3000, 6000, 9000)][:3]).mean(dim=0)
+        assert torch.allclose(e, manual, atol=1e-5)     # 1000-sample tail (< half a window) dropped
+        assert torch.allclose(a.embed_windows(x[..., :2000], 3000), a(x[..., :2000]), atol=1e-6)

@@ -297,6 +297,31 @@ class Analyzer(nn.Module):
     def forward(self, audio: torch.Tensor, frames: bool = False) -> torch.Tensor:
         return self.encoder(self.frontend(audio), frames=frames)
 
+    def embed_windows(self, audio: torch.Tensor, window_samples: int, max_batch: int = 8) -> torch.Tensor:
+        """Embedding of a long recording ``(batch, channels, samples)`` → ``(batch, embed_dim)``:
+        the mean of the embeddings of consecutive ``window_samples`` windows (a last window shorter
+        than half a window is dropped unless it is the only one), analyzed ``max_batch`` at a time,
+        re-normalized when the encoder L2-normalizes (DESIGN.md §4: analyze long files by windows
+        and aggregate)."""
+        n = audio.shape[-1]
+        w = int(window_samples)
+        starts = list(range(0, max(1, n - w // 2), w)) or [0]
+        b = audio.shape[0]
+        total, count = None, 0
+        for i in range(0, len(starts), max(1, int(max_batch))):
+            group = starts[i:i + max_batch]
+            pieces = [audio[..., s:s + w] for s in group]
+            if any(p.shape[-1] != pieces[0].shape[-1] for p in pieces):
+                embs = [self(p) for p in pieces]                 # ragged last window
+            else:
+                e = self(torch.cat(pieces, dim=0))               # (len(group) * batch, embed_dim)
+                embs = list(e.reshape(len(group), b, -1))
+            part = torch.stack(embs).sum(dim=0)
+            total = part if total is None else total + part
+            count += len(group)
+        mean = total / count
+        return nn.functional.normalize(mean, dim=1) if self.encoder.l2_normalize else mean
+
 
 def make_analyzer(frontend: str = "logmel", encoder: str = "mobilenet", sample_rate: float = 22050,
                   frontend_options: dict | None = None, **encoder_options) -> Analyzer:

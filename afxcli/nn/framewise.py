@@ -151,6 +151,28 @@ class FrameWiseModel(nn.Module):
         """Audio ``(batch, channels, samples)`` → ``(batch, n_params, 1 + samples // hop_samples)``."""
         return self.head(self.analyzer(audio, frames=True))
 
+    def forward_chunked(self, audio: torch.Tensor, chunk_frames: int = 512) -> torch.Tensor:
+        """Same result as :meth:`forward` (eval mode) with memory bounded by ``chunk_frames``.
+
+        Frames ``[k0, k1)`` are computed from the samples ``[(k0 - m)·hop, (k1 + m)·hop)`` with
+        ``m = ceil(context_half_samples / hop) + 1``: each slice starts on the frame grid, so its
+        frames coincide with the full signal's, and every frame kept reads only samples and
+        intermediate frames inside its slice (or the same zero padding the full pass sees at the
+        signal's ends). Returns ``(batch, n_params, 1 + samples // hop_samples)``.
+        """
+        if self.training:
+            raise AfxError("forward_chunked needs eval mode (batch norm must use running statistics)")
+        hop, n = self.hop_samples, audio.shape[-1]
+        total = self.num_frames(n)
+        margin = -(-self.context_half_samples // hop) + 1
+        outs = []
+        for k0 in range(0, total, max(1, int(chunk_frames))):
+            k1 = min(total, k0 + int(chunk_frames))
+            first = max(0, k0 - margin)
+            piece = audio[..., first * hop: min(n, (k1 + margin) * hop)]
+            outs.append(self(piece)[..., k0 - first: k1 - first])
+        return torch.cat(outs, dim=-1)
+
 
 def frames_to_blocks(q: torch.Tensor, hop_samples: int, model_rate: float, n_samples: int,
                      block_size: int, sample_rate: float | None = None) -> torch.Tensor:
