@@ -118,6 +118,8 @@ def estimate_lag(output: torch.Tensor, target: torch.Tensor,
     n_fft = 1 << math.ceil(math.log2(max(2, n + max_lag)))
     o = output.detach()
     t = target.detach()
+    if o.element_size() < 4:  # half precision: no CPU FFT, and too coarse for an exact peak
+        o, t = o.float(), t.float()
     spec = torch.fft.rfft(o, n=n_fft) * torch.conj(torch.fft.rfft(t, n=n_fft))
     xcorr = torch.fft.irfft(spec.sum(dim=1), n=n_fft)  # (batch, n_fft); index k holds lag k mod n_fft
     lags = _candidate_lags(max_lag, output.device)

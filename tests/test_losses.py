@@ -83,6 +83,8 @@ def test_delay_invariant_recovers_lag_and_polarity_exactly(kind, channels):
     # the lag alone, without the loss
     lag2, sign = estimate_lag(out, tgt, 300)
     assert lag2.tolist() == lags and sign.tolist() == pols
+    lag3, _ = estimate_lag(out.to(torch.bfloat16), tgt.to(torch.bfloat16), 300)
+    assert lag3.tolist() == lags
 
 
 def test_lag_bound_is_respected_and_none_means_length():
