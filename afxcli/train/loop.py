@@ -207,14 +207,23 @@ def train(config: dict, out_dir: str | Path, resume: bool = True, quiet: bool = 
             reached — for tests and for running a long job in slices.
         log: where status lines go (default: stderr).
     """
-    from .tasks import get_task
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    last_path, best_path, log_path = out / LAST_NAME, out / BEST_NAME, out / LOG_NAME
-    say = (lambda m: None) if quiet else (log or (lambda m: print(m, file=sys.stderr, flush=True)))
+    threads_before = torch.get_num_threads()
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
+    try:
+        return _train(config, out, resume, quiet, progress, stop_at_step, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(config: dict, out: Path, resume: bool, quiet: bool, progress: bool | None,
+           stop_at_step: int | None, log: Callable[[str], None] | None) -> TrainResult:
+    from .tasks import get_task
+
+    last_path, best_path, log_path = out / LAST_NAME, out / BEST_NAME, out / LOG_NAME
+    say = (lambda m: None) if quiet else (log or (lambda m: print(m, file=sys.stderr, flush=True)))
 
     seed_everything(int(config["seed"]))
     task = get_task(config["task"])(config)

@@ -346,6 +346,104 @@ class ToyTask(Task):
 
 
 # =============================================================================================
+# paired
+# =============================================================================================
+@register_task
+class PairedTask(Task):
+    """Learn to drive a chain so that input → target, from paired folders (files matched by name).
+
+    Model: an analyzer from :mod:`afxcli.nn` (front end + encoder) and a plain controller
+    (:class:`afxcli.nn.BlindModel`) predicting one normalized setting per clip; the chain renders
+    the input with it through the chosen gradient strategy; the audio loss compares with the
+    target (both at the model rate ``data.sample_rate``). Validation renders the real chain on
+    fixed crops of the validation files (split by path hash)."""
+
+    name = "paired"
+    data_fields = {
+        **_audio_data_fields(24000, 65536),
+        "input_dir": Field(None, OPT_STR, doc="folder of unprocessed audio"),
+        "target_dir": Field(None, OPT_STR, doc="folder of processed audio, same relative names"),
+        "val_items": Field(16, INT, positive, "validation crops (fixed)"),
+    }
+    option_fields = {
+        **_strategy_fields(),
+        "frontend": Field("logmel", STR, doc="afxcli.nn front end: logmel, stft, cqt"),
+        "encoder": Field("mobilenet", STR, doc="afxcli.nn encoder: mobilenet, tf"),
+        "frontend_options": Field({}, DICT),
+        "encoder_options": Field({}, DICT),
+        "hidden": Field([256, 256], (list,), lambda v: None if all(isinstance(h, int) and h > 0 for h in v)
+                        else "must be a list of positive integers", "controller MLP widths"),
+    }
+
+    @classmethod
+    def check_config(cls, config: dict) -> None:
+        for k in ("input_dir", "target_dir"):
+            if not config["data"][k]:
+                raise AfxError(f"config data.{k}: required for the paired task")
+
+    @classmethod
+    def build_model(cls, config: dict, chain_spec: dict | None) -> torch.nn.Module:
+        from ..effects.chain import Chain
+        from ..nn import BlindModel, make_analyzer
+
+        d, o = config["data"], config["task_options"]
+        n = Chain(chain_spec, d["sample_rate"]).n_free
+        try:
+            analyzer = make_analyzer(o["frontend"], o["encoder"], d["sample_rate"], o["frontend_options"],
+                                     **o["encoder_options"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise AfxError(f"config task_options (frontend/encoder): {' '.join(str(e).split())}") from None
+        return BlindModel(analyzer, n, tuple(o["hidden"]))
+
+    def __init__(self, config: dict) -> None:
+        from ..effects.chain import Chain
+
+        super().__init__(config)
+        d, o = config["data"], config["task_options"]
+        self.chain = Chain(self.chain_spec, d["sample_rate"])
+        self.render = StrategyRender(self.chain, o["strategy"], o["strategy_options"], o["proxy_path"], config["seed"])
+        self.loss_fn = make_audio_loss(o["loss"], o["loss_options"], d["sample_rate"])
+
+    def _dataset(self, split: str, items: int | None):
+        from .data import PairedFolderDataset
+
+        d = self.config["data"]
+        return PairedFolderDataset(d["input_dir"], d["target_dir"], d["sample_rate"], d["clip_samples"],
+                                   d["channels"], split=split, val_fraction=d["val_fraction"],
+                                   seed=self.config["seed"], items_per_epoch=items, min_energy=d["min_energy"],
+                                   cache_mb=d["cache_mb"])
+
+    def train_dataset(self):
+        return self._dataset("train", self.config["data"]["items_per_epoch"])
+
+    def val_batches(self) -> list[dict]:
+        from .data import fixed_batches
+
+        d = self.config["data"]
+        if d["val_fraction"] == 0:
+            return []
+        return fixed_batches(self._dataset("val", d["val_items"]), self.config["batch_size"], d["val_items"])
+
+    def loss(self, batch: dict, step: int) -> torch.Tensor:
+        x, y = batch["input"], batch["target"]
+        return self.loss_fn(self.render.render(x, self.model(x)), y)
+
+    def val_loss(self, batch: dict) -> float:
+        x, y = batch["input"], batch["target"]
+        return float(self.loss_fn(self.render.inference(x, self.model(x)), y))
+
+    def on_step_end(self, step: int) -> None:
+        self.render.step()
+
+    def state_dict(self) -> dict:
+        return {"render": self.render.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "render" in state:
+            self.render.load_state_dict(state["render"])
+
+
+# =============================================================================================
 # proxy (own loop: afxcli.grad.proxy.train_proxy)
 # =============================================================================================
 def _run_proxy(config: dict, out_dir: str | Path, resume: bool = True, quiet: bool = False, **_: Any):

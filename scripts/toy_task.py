@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Toy convergence task: learn a static EQ → compressor setting through a gradient strategy.
+
+A hidden random setting (6 normalized parameters: low-shelf, peak and high-shelf gains, peak
+frequency, compressor threshold and ratio; ``afxcli.train.tasks.TOY_CHAIN``) renders targets from
+generated music-like clips; a free parameter vector (``--model vector``) or a tiny network with a
+constant input (``--model net``) starting at mid-range is trained through the chain with the chosen
+strategy so that input → target. The loss is DeepAFx-ST's MR-STFT + 100·MAE (``afxcli.losses``);
+validation renders the **real** chain (torch twins in exact mode) at the learned setting on 8
+held-out clips. For ``half_hybrid`` a small neural proxy of the chain is trained first
+(``afxcli.grad.proxy.train_proxy``, targets rendered by pedalboard) and gradients flow through it
+while validation still uses the real chain (DeepAFx-ST NP-HH).
+
+Prints ``toy_val_loss_start_<strategy>``, ``toy_val_loss_end_<strategy>``,
+``toy_param_error_<strategy>`` (mean |q − q_hidden|) and ``toy_val_loss_drop_<strategy>: X %``
+(target ≥ 90 %). Runs are resumable (run the same command again); ``--fresh`` starts over.
+
+    python scripts/toy_task.py --strategy ad
+    python scripts/toy_task.py --strategy spsa
+    python scripts/toy_task.py --strategy half_hybrid
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from afxcli.train import load_checkpoint, load_config, train
+from afxcli.train.data import music_like
+from afxcli.train.tasks import TOY_CHAIN
+
+#: Per strategy: steps, peak lr, and strategy options (tuned on this machine).
+DEFAULTS = {
+    "ad": {"steps": 100, "lr": 0.05, "options": {}},
+    "spsa": {"steps": 250, "lr": 0.05, "options": {"epsilon": 0.02}},
+    "fd": {"steps": 100, "lr": 0.05, "options": {"epsilon": 0.01}},
+    "half_hybrid": {"steps": 150, "lr": 0.05, "options": {}},
+    "full_hybrid": {"steps": 150, "lr": 0.05, "options": {}},
+    "proxy": {"steps": 150, "lr": 0.05, "options": {}},
+}
+SAMPLE_RATE = 22050
+CLIP_SAMPLES = 8192
+LOSS_OPTIONS = {"fft_sizes": [64, 256, 1024, 4096], "time_weight": 100.0}
+
+
+def music_source(rng: np.random.Generator, n_items: int, n_samples: int, split: str = "train") -> np.ndarray:
+    """Audio source for proxy training: the toy's generated music-like clips, ``(n_items, n_samples)``."""
+    return np.stack([music_like(rng, SAMPLE_RATE, n_samples, 1)[0] for _ in range(n_items)])
+
+
+def train_toy_proxy(out: Path, steps: int, seed: int) -> Path:
+    from afxcli.grad.proxy import train_proxy
+
+    path = out / "proxy.pt"
+    t0 = time.time()
+    _, hist = train_proxy(TOY_CHAIN, SAMPLE_RATE, audio_source=music_source, steps=steps, batch=8,
+                          clip_samples=CLIP_SAMPLES, lr=3e-3, seed=seed, checkpoint_path=path, resume=True,
+                          model_config={"width": 16}, checkpoint_every=50, val_every=100, val_items=16,
+                          log=lambda m: print(f"proxy {m}", file=sys.stderr, flush=True))
+    v = [h for h in hist if "val_rel_mae" in h]
+    if v:
+        print(f"toy_proxy_val_rel_mae: {v[-1]['val_rel_mae']:.4f} (start {v[0]['val_rel_mae']:.4f}, "
+              f"{time.time() - t0:.0f} s)", flush=True)
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--strategy", default="ad", choices=sorted(DEFAULTS))
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--epsilon", type=float, default=None, help="SPSA/FD perturbation (normalized units)")
+    ap.add_argument("--model", default="vector", choices=["vector", "net"])
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--proxy-steps", type=int, default=600)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hidden-seed", type=int, default=1234)
+    ap.add_argument("--out", type=Path, default=Path("runs/toy"))
+    ap.add_argument("--fresh", action="store_true", help="delete the run folder first")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared machine)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    s = args.strategy
+    d = DEFAULTS[s]
+    out = args.out / s
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    options = dict(d["options"])
+    if args.epsilon is not None:
+        options["epsilon"] = args.epsilon
+    task_options = {"strategy": s, "strategy_options": options, "model": args.model,
+                    "hidden_seed": args.hidden_seed, "loss": "mrstft", "loss_options": LOSS_OPTIONS}
+    if s in ("proxy", "half_hybrid", "full_hybrid"):
+        task_options["proxy_path"] = str(train_toy_proxy(out, args.proxy_steps, args.seed))
+    steps = args.steps or d["steps"]
+    config = load_config(None, "toy", {
+        "seed": args.seed, "steps": steps, "lr": args.lr or d["lr"], "batch_size": args.batch_size,
+        "schedule": "cosine", "min_lr_fraction": 0.02, "val_every_steps": max(1, steps // 5),
+        "checkpoint_every_steps": 25, "threads": args.threads,
+        "data": {"sample_rate": SAMPLE_RATE, "clip_samples": CLIP_SAMPLES, "items_per_epoch": 256, "val_items": 8},
+        "task_options": task_options})
+    t0 = time.time()
+    res = train(config, out / "run")
+    seconds = time.time() - t0
+    lines = [x for x in (out / "run" / "log.jsonl").read_text().splitlines() if "val_loss" in x]
+    import json
+
+    vals = [json.loads(x) for x in lines]
+    start, end = vals[0]["val_loss"], vals[-1]["val_loss"]
+    from afxcli.train.tasks import ToyTask
+
+    task = ToyTask(config)
+    task.model.load_state_dict(load_checkpoint(out / "run" / "last.pt")["model_state"])
+    print(f"toy_steps_{s}: {res.step} steps ({seconds:.0f} s this session)")
+    print(f"toy_val_loss_start_{s}: {start:.5f}")
+    print(f"toy_val_loss_end_{s}: {end:.5f}")
+    print(f"toy_param_error_{s}: {task.parameter_error():.4f} normalized")
+    print(f"toy_val_loss_drop_{s}: {100.0 * (1.0 - end / start):.1f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
