@@ -247,12 +247,16 @@ def _scan(path: str, sample_rate: float) -> _PluginInfo:
         raise AfxError(f"vst3: plugin {path} processes neither mono nor stereo audio")
     ch = channels_ok[0]
     # Outputs that claim to be automatable: values that move while loud audio is processed.
+    # (Parameter objects are fetched again after every reset: pedalboard re-instantiates plugins
+    # whose reset does not clear their audio, e.g. ZamTube, and the old objects dangle.)
+    cpp_list = list(plugin._parameters)
     before = [cp.raw_value for cp in cpp_list]
     rng = np.random.default_rng(0)
     n = int(0.25 * sample_rate)
     t = np.arange(n) / sample_rate
     probe = (0.9 * np.sin(2 * np.pi * 220 * t) * (t > 0.05) + 0.3 * rng.standard_normal(n))
     plugin(np.tile(probe.astype(np.float32), (ch, 1)), sample_rate, reset=True)
+    cpp_list = list(plugin._parameters)
     after = [cp.raw_value for cp in cpp_list]
     moved = {cpp_list[i].name for i in range(len(cpp_list)) if abs(after[i] - before[i]) > 1e-7}
     for p in list(params):
@@ -377,6 +381,12 @@ class VST3Effect(Effect):
             raw = val if self._fixed_is_raw[idx] else p.raw_for(cp, val)
             _set_raw(cp, raw, f"vst3 {self.path}: {attr}")
         return inst
+
+    def preload(self, count: int) -> None:
+        """Create ``count`` plugin instances into the pool. pedalboard can only load (and
+        re-instantiate) plugins on the main thread: call this there before rendering items in
+        worker threads (``process`` then takes pooled instances)."""
+        self._release([self._new_instance() for _ in range(max(0, int(count)))])
 
     def _acquire(self, n: int) -> list:
         """``n`` plugin instances (from the pool, reset, or newly loaded)."""
