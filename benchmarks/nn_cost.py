@@ -5,10 +5,12 @@ model rate, with default settings, and for the frame-wise model (log-mel + Mobil
 DeepAFx geometry) and the style model (shared analyzer on input and reference + controller):
 parameter count, and milliseconds to analyze one 5 s stereo clip (batch 1, eval mode, no grad) on
 the CPU with 1 thread and with torch's default thread count; median over ``--repeats`` runs after
-one warm-up.
+one warm-up. Also the cost of one training step (forward + backward, batch 8, train mode) for
+three analyzers with a 16-parameter head, at 1 thread.
 
 Usage: .venv/bin/python benchmarks/nn_cost.py [--repeats 7] [--sample-rate 22050] [--seconds 5]
-Prints ``nn_params_<name>: N params`` and ``nn_ms_per_5s_clip_<name>_{1thread,default_threads}: X ms``.
+Prints ``nn_params_<name>: N params``, ``nn_ms_per_5s_clip_<name>_{1thread,default_threads}: X ms``
+and ``nn_ms_train_step_8x5s_<name>_1thread: X ms``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import time
 
 import torch
 
-from afxcli.nn import FrameWiseModel, StyleModel, make_analyzer
+from afxcli.nn import BlindModel, FrameWiseModel, StyleModel, make_analyzer
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -71,6 +73,21 @@ def main() -> None:
         print(f"# {name}: {params} params, {ms_1:.1f} ms (1 thread), {ms_d:.1f} ms ({default_threads} threads)",
               flush=True)
 
+    torch.set_num_threads(1)
+    batch = 0.1 * torch.randn(8, 2, n)
+    train_results = []
+    for fe, enc in (("logmel", "mobilenet"), ("logmel", "tfe"), ("cqt", "tfe")):
+        model = BlindModel(make_analyzer(fe, enc, sr), n_params=16).train()
+
+        def step(model=model):
+            model.zero_grad(set_to_none=True)
+            model(batch).square().mean().backward()
+
+        ms = median_ms(step, max(3, args.repeats // 2))
+        train_results.append((f"{fe}_{enc}", ms))
+        print(f"# train step {fe}_{enc}: {ms:.1f} ms (batch 8, 1 thread)", flush=True)
+    torch.set_num_threads(default_threads)
+
     secs = f"{args.seconds:g}s"
     print(f"# model rate {sr:g} Hz, {args.seconds:g} s stereo clip, batch 1, median of {args.repeats}; "
           f"default threads = {default_threads}; load average at the end {os.getloadavg()[0]:.1f} "
@@ -80,6 +97,8 @@ def main() -> None:
     for name, params, ms_1, ms_d in results:
         print(f"nn_ms_per_{secs}_clip_{name}_1thread: {ms_1:.1f} ms")
         print(f"nn_ms_per_{secs}_clip_{name}_default_threads: {ms_d:.1f} ms")
+    for name, ms in train_results:
+        print(f"nn_ms_train_step_8x{secs}_{name}_1thread: {ms:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -330,3 +330,14 @@ def test_embed_windows_aggregates_window_embeddings():
         manual = torch.stack([a(x[..., s:s + 3000]) for s in (0, 3000, 6000, 9000)][:3]).mean(dim=0)
         assert torch.allclose(e, manual, atol=1e-5)     # 1000-sample tail (< half a window) dropped
         assert torch.allclose(a.embed_windows(x[..., :2000], 3000), a(x[..., :2000]), atol=1e-6)
+
+
+def test_dtypes_follow_the_module():
+    a = small_analyzer("cqt", "mobilenet").eval()
+    x64 = noise(3000, seed=20).double()
+    with torch.no_grad():
+        e32 = a(x64)                                  # float64 audio into a float32 model
+        assert e32.dtype == torch.float32
+        e64 = a.double()(x64)                         # whole model in float64
+    assert e64.dtype == torch.float64
+    assert torch.allclose(e64.float(), e32, atol=1e-3)

@@ -8,12 +8,12 @@ audio ``(batch, channels, samples)`` at the model rate
   → ``Chain.denormalize(q)`` → physical parameters.
 """
 from .controller import BlindModel, ParamHead, StyleController, StyleModel
-from .encoders import ENCODERS, Analyzer, MobileNetEncoder, TFEncoder, make_analyzer, make_encoder
+from .encoders import ENCODERS, Analyzer, Encoder, MobileNetEncoder, TFEncoder, make_analyzer, make_encoder
 from .framewise import FrameWiseHead, FrameWiseModel, frames_to_blocks
 from .frontends import CQT, FRONTENDS, FrontEnd, LogMel, PowerSTFT, make_frontend
 
 __all__ = [
-    "Analyzer", "BlindModel", "CQT", "ENCODERS", "FRONTENDS", "FrameWiseHead", "FrameWiseModel",
+    "Analyzer", "BlindModel", "Encoder", "CQT", "ENCODERS", "FRONTENDS", "FrameWiseHead", "FrameWiseModel",
     "FrontEnd", "LogMel", "MobileNetEncoder", "ParamHead", "PowerSTFT", "StyleController",
     "StyleModel", "TFEncoder", "frames_to_blocks", "make_analyzer", "make_encoder", "make_frontend",
 ]

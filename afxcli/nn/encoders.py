@@ -58,8 +58,9 @@ def _stride_plan(time_stride: int, positions: int, name: str) -> list[int]:
     return [2] * n + [1] * (positions - n)
 
 
-class _Base(nn.Module):
-    """Shared output stage: frequency pooling to bands, projection, time pooling, bookkeeping."""
+class Encoder(nn.Module):
+    """Base of the encoders. Shared output stage (frequency pooling to bands, projection, time
+    pooling) and the bookkeeping of the time geometry."""
 
     def __init__(self, embed_dim: int, time_stride: int, l2_normalize: bool):
         super().__init__()
@@ -111,7 +112,7 @@ class InvertedResidual(nn.Module):
     identity shortcut when the shape is kept (Sandler et al. 2018, Fig. 3b / Table 1).
     Input/output ``(batch, channels, bins, frames)``."""
 
-    def __init__(self, owner: _Base, cin: int, cout: int, stride: tuple[int, int], expand: int):
+    def __init__(self, owner: Encoder, cin: int, cout: int, stride: tuple[int, int], expand: int):
         super().__init__()
         hidden = cin * expand
         layers: list[nn.Module] = []
@@ -127,7 +128,7 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
-class MobileNetEncoder(_Base):
+class MobileNetEncoder(Encoder):
     """Narrow MobileNetV2 over ``(batch, in_channels, bins, frames)``.
 
     Stages (expansion t, channels c, repeats n, frequency stride s) after a 3×3 stem (stride 2 in
@@ -167,7 +168,7 @@ class MobileNetEncoder(_Base):
 class _Separable(nn.Module):
     """Depthwise (elongated kernel) + pointwise convolution with BN/ReLU6 and an optional residual."""
 
-    def __init__(self, owner: _Base, cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int]):
+    def __init__(self, owner: Encoder, cin: int, cout: int, kernel: tuple[int, int], stride: tuple[int, int]):
         super().__init__()
         self.depthwise = owner._conv(cin, cin, kernel, stride, groups=cin)
         self.pointwise = owner._conv(cin, cout, (1, 1), (1, 1))
@@ -178,7 +179,7 @@ class _Separable(nn.Module):
         return x + y if self.residual else y
 
 
-class TFEncoder(_Base):
+class TFEncoder(Encoder):
     """Time–frequency encoder (BE-AFX §2.2 TFE idea) over ``(batch, in_channels, bins, frames)``.
 
     - stem: 3×3 conv (stride 2 in frequency) and ``trunk_blocks`` separable 3×3 blocks
@@ -249,7 +250,7 @@ class TFEncoder(_Base):
 ENCODERS = {"mobilenet": MobileNetEncoder, "tfe": TFEncoder}
 
 
-def make_encoder(name: str, in_channels: int = 1, **options) -> _Base:
+def make_encoder(name: str, in_channels: int = 1, **options) -> Encoder:
     """Build an encoder by name (``mobilenet``, ``tfe``)."""
     try:
         cls = ENCODERS[name]
@@ -264,7 +265,7 @@ class Analyzer(nn.Module):
     ``j * hop_samples`` (``hop_samples = frontend.hop_samples * encoder.time_stride``) at the model
     rate ``sample_rate``."""
 
-    def __init__(self, frontend: nn.Module, encoder: _Base):
+    def __init__(self, frontend: nn.Module, encoder: Encoder):
         super().__init__()
         if getattr(encoder, "in_channels", 1) != frontend.out_channels:
             raise AfxError(f"analyzer: encoder expects {encoder.in_channels} feature channel(s), "
@@ -288,7 +289,8 @@ class Analyzer(nn.Module):
     @property
     def context_half_samples(self) -> int:
         """Samples one output frame reads on each side of its center (front-end window included)."""
-        return self.frontend.half_window_samples + self.encoder.time_context_frames * self.frontend.hop_samples
+        fe = self.frontend
+        return fe.half_window_samples + self.encoder.time_context_frames * fe.hop_samples
 
     def num_frames(self, n_samples: int) -> int:
         """Output frames for ``n_samples`` samples: ``1 + n_samples // hop_samples``."""

@@ -18,8 +18,8 @@ Front ends:
 - :class:`CQT` — constant-Q magnitude (in dB), the input of BE-AFX's TE/TFE analysis networks
   (Peladeau & Peeters, ICASSP 2024, §2.2). Kernels: Brown, "Calculation of a constant Q spectral
   transform", JASA 89(1), 1991 (Hann-windowed complex exponentials of length ``Q·sr/f_k``), built
-  once in NumPy; applied in the frequency domain following Brown &
-  Puckette, "An efficient algorithm for the calculation of a constant Q transform", JASA 92(5),
+  once in NumPy; applied in the frequency domain following Brown & Puckette, "An efficient
+  algorithm for the calculation of a constant Q transform", JASA 92(5),
   1992: ``C[k, j] = Σ_n x[j·hop + n] · conj(a_k[n])`` is a sum over the frame's spectrum
   (Parseval) against the kernel's spectrum, which has energy only in a narrow band. Kernels are
   grouped by octave so each octave uses its own FFT size (the shortest power of two that holds its
@@ -145,15 +145,24 @@ class FrontEnd(nn.Module):
         """Frames produced for ``n_samples`` samples: ``1 + n_samples // hop_samples``."""
         return 1 + int(n_samples) // self.hop_samples
 
+    def _dtype(self) -> torch.dtype:
+        """Floating dtype of the filter buffers (float32 unless the module was converted)."""
+        for buf in self.buffers():
+            if buf.is_floating_point():
+                return buf.dtype
+        return torch.get_default_dtype()
+
     def _to_rows(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
         """``(batch, channels, samples)`` → ``(batch * out_channels, samples)``."""
         if audio.dim() == 2:
             audio = audio.unsqueeze(1)
         if audio.dim() != 3:
-            raise AfxError(f"front end: expected audio (batch, channels, samples), got shape {tuple(audio.shape)}")
+            raise AfxError("front end: expected audio (batch, channels, samples), "
+                           f"got shape {tuple(audio.shape)}")
         b, c, n = audio.shape
         if n < 1:
             raise AfxError("front end: audio has no samples")
+        audio = audio.to(self._dtype())
         if self.channels == "mono":
             return audio.mean(dim=1), b
         if c == self.in_channels:
@@ -183,7 +192,8 @@ class LogMel(_STFTMixin, FrontEnd):
     """Log-scaled mel spectrogram (dB) + batch norm — DeepAFx §2.1 / §3.
 
     ``mel = M · |STFT(x)|^2`` with ``M = mel_filterbank(...)`` (Slaney mel scale, area-normalized
-    triangles — the same matrix as ``librosa.filters.mel``), then ``10·log10(max(mel, amin_power))`` when ``log``.
+    triangles — the same matrix as ``librosa.filters.mel``), then ``10·log10(max(mel, amin_power))``
+    when ``log``.
     Output ``(batch, out_channels, n_mels, 1 + samples // hop_samples)``.
     """
 
@@ -241,7 +251,8 @@ class CQT(FrontEnd):
 
     Bin ``k`` has center frequency ``f_k = f_min_hz · 2^(k / bins_per_octave)`` and kernel
     ``a_k[n] = w[n] · exp(2πi f_k n / sr)`` (Hann ``w``, length ``≈ Q · sr / f_k``,
-    ``Q = filter_scale / (2^(1/bins_per_octave) - 1)``, L1-normalized — :func:`constant_q_kernels`). ``C[k, j] = Σ_n x[j·hop + n] · conj(a_k[n])``
+    ``Q = filter_scale / (2^(1/bins_per_octave) - 1)``, L1-normalized — :func:`constant_q_kernels`).
+    ``C[k, j] = Σ_n x[j·hop + n] · conj(a_k[n])``
     (``n`` centered on zero), evaluated per octave group as
     ``Σ_n x[n] h[n] = Σ_{f ∈ band_g} w_f · Re(X_j[f] · conj(H[f]))`` for the real and imaginary
     kernel parts ``h`` (``N_g``-point real FFTs, ``w_f = 2/N_g``, ``1/N_g`` at DC and Nyquist).
