@@ -328,3 +328,34 @@ def test_renderer_via_make_renderer(maxim):
     assert isinstance(r, VST3Renderer) and r.latency_samples == 480
     out = r.process(np.zeros((2, 1000), np.float32))
     assert out.shape == (2, 520)  # the latency is withheld at the start of the stream
+
+
+@pytest.mark.skipif(not os.path.exists(f"{VST3_DIR}/ZamTube.vst3"), reason=PLUGIN_MISSING_REASON)
+def test_plugin_reinstantiated_on_reset_keeps_values():
+    # pedalboard re-instantiates ZamTube on reset() (its reset keeps audio); pooled instances are
+    # reset before reuse, so the renderer must look its parameter objects up again
+    fx = create("vst3", SR, path=f"{VST3_DIR}/ZamTube.vst3")
+    x = torch.from_numpy(0.3 * music(0.2))[None]
+    p = fx.values_to_tensor({"tube_drive": 6.0, "treble": 9.0})
+    with torch.no_grad():
+        first = fx(x, p)
+        second = fx(x, p)  # reuses the pooled (reset, re-instantiated) instances
+        default = fx(x, fx.values_to_tensor({}))
+    assert torch.equal(first, second)
+    assert (first - default).abs().max() > 1e-3
+
+
+def test_process_in_a_worker_thread_after_preload():
+    import threading
+
+    fx = create("vst3", SR, path=COMP)
+    x = torch.from_numpy(music(0.2))[None]
+    p = fx.values_to_tensor({"threshold_db": -25.0, "ratio": 4.0})
+    with torch.no_grad():
+        want = fx(x, p)
+    fx.preload(2)  # pedalboard loads plugins on the main thread only
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("y", fx(x, p)))
+    t.start()
+    t.join()
+    assert torch.equal(got["y"], want)
