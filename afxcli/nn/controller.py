@@ -83,7 +83,8 @@ class StyleModel(nn.Module):
     ``forward(x_input (batch, channels, samples_i), x_reference (batch, channels, samples_r))`` →
     ``(batch, n_params)`` in (0, 1); the two clips may differ in length (each is pooled over time).
     Both clips go through the analyzer in one call when their lengths match (one batch of 2·batch),
-    so batch-norm statistics in training see both.
+    so batch-norm statistics in training see both. DeepAFx-ST L2-normalizes the pooled embeddings:
+    build the analyzer's encoder with ``l2_normalize=True`` for that.
     """
 
     def __init__(self, analyzer: nn.Module, n_params: int, hidden: Sequence[int] = (256, 256),

@@ -95,7 +95,10 @@ class FrameWiseModel(nn.Module):
             DeepAFx's frame).
         context_samples: target context window (full width) at the model rate; default DeepAFx's
             1.86 s. The head's reach is rounded to whole frames; ``context_samples`` after
-            construction is the exact width ``2 · context_half_samples + 1``.
+            construction is the exact width ``2 · context_half_samples + 1``. When the analyzer
+            alone already reads more than ``context_samples`` (e.g. the default TFE, whose 9-frame
+            temporal kernels span ±1.27 s at 22.05 kHz), the head adds no reach and the context is
+            the analyzer's.
     """
 
     def __init__(self, analyzer: Analyzer, n_params: int, context_samples: int | None = None,
