@@ -48,6 +48,20 @@ resets every instance before its first block. (The stream mode is measured per p
 time; a pedalboard that delayed the stream instead would be reported as ``delays_stream = True``.)
 pedalboard re-prepares a plugin (which clears its state) when a call is longer than every earlier
 call since the last reset, so the renderer splits blocks to at most the first block's length.
+
+**Values through pedalboard's own attribute setter** (``plugin.release_ms = 30``) may be snapped to
+its 1000-step scan grid (30 ms -> 30.007 ms, -1 dB -> -0.99 dB on ZaMaximX2) when the plugin's
+parsed raw value falls between grid points; afx writes the parser's raw value, so it is exact.
+Parameter changes reach the plugin's processor (and its saved state, ``preset_data``) with the next
+process call (VST3 parameter queues); :meth:`VST3Effect.vstpreset_bytes` renders 64 samples of
+silence before reading the state.
+
+**Threads and instances**: pedalboard loads (and re-instantiates, on ``reset()``, plugins whose reset
+keeps audio, e.g. ZamTube) only on the main thread. Instances are pooled per effect and reset
+before reuse; :meth:`VST3Effect.preload` fills the pool on the main thread so that ``process`` can
+run in worker threads. Loading costs 0.05-0.3 s per instance for most zam plugins (pedalboard
+scans every parameter's display text); ZamVerb takes minutes (each scanned "room" value reloads an
+impulse response) and is impractical.
 """
 from __future__ import annotations
 
