@@ -131,7 +131,7 @@ def test_resume_continues_from_the_saved_step(tmp_path, one_thread):
               checkpoint_every=3, val_items=2)
     straight, hist_straight = train_proxy(GAIN_SPEC, SR, None, checkpoint_path=tmp_path / "a.pt", **kw)
     ck = tmp_path / "b.pt"
-    # validation draw + steps 0..3 succeed (checkpoint at step 3); step 4's data draw is interrupted
+    # the validation draw and 4 steps run (the checkpoint holds step 3); the 5th step's data draw is interrupted
     with pytest.raises(KeyboardInterrupt):
         train_proxy(GAIN_SPEC, SR, _crashing(1 + 4), checkpoint_path=ck, **kw)
     assert read_proxy_checkpoint(ck)["step"] == 3
@@ -149,6 +149,30 @@ def test_resume_continues_from_the_saved_step(tmp_path, one_thread):
     with pytest.raises(AfxError, match="config"):
         train_proxy(GAIN_SPEC, SR, None, checkpoint_path=tmp_path / "a.pt",
                     **{**kw, "model_config": {**TINY, "width": 4}})
+
+
+def test_training_on_an_audio_folder(tmp_path, one_thread):
+    import soundfile as sf
+
+    rng = np.random.default_rng(5)
+    for i in range(3):  # stereo and mono files at another rate: resampled, channels as sources
+        x = generated_signals(rng, 2 if i else 1, 6000, 16000)
+        sf.write(tmp_path / f"f{i}.wav", x.T, 16000)
+    (tmp_path / "notes.txt").write_text("not audio")
+    from afxcli.grad.proxy import AudioClips
+    clips = AudioClips.from_folder(tmp_path, SR)
+    assert len(clips.sources["val"]) == 2 and len(clips.sources["train"]) == 3  # f2 (stereo) held out
+    assert all(abs(c.shape[-1] - 3000) <= 1 for c in clips.sources["train"])
+    batch = clips(np.random.default_rng(0), 4, 1024)
+    assert batch.shape == (4, 1024) and np.all(np.abs(batch).max(axis=1) <= 1.0 + 1e-6)
+    _, hist = train_proxy(GAIN_SPEC, SR, tmp_path, steps=2, batch=2, clip_samples=1024, model_config=TINY,
+                          val_items=2)
+    assert hist[-1]["step"] == 2 and np.isfinite(hist[-1]["val_mae"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AfxError, match="no audio files"):
+        train_proxy(GAIN_SPEC, SR, tmp_path / "empty", steps=1)
+    with pytest.raises(AfxError, match="no such file"):
+        train_proxy(GAIN_SPEC, SR, tmp_path / "missing", steps=1)
 
 
 # ----- the three layers ------------------------------------------------------------------------
@@ -240,3 +264,24 @@ def test_save_load_roundtrip_and_strategy_entry(tmp_path):
         load_proxy(tmp_path / "junk.pt")
     with pytest.raises(AfxError, match="no such"):
         load_proxy(tmp_path / "missing.pt")
+
+
+ZAMCOMP = "/usr/lib/vst3/ZamCompX2.vst3"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(ZAMCOMP), reason="zam-plugins VST3 not installed")
+def test_full_hybrid_through_a_vst3_black_box():
+    """NP-FH's forward is the real third-party plugin; its gradient comes from the proxy."""
+    chain = Chain([{"type": "vst3", "options": {"path": ZAMCOMP}, "free": ["threshold_db", "ratio"]}], 44100)
+    assert not chain.differentiable
+    model = randomized(ProxyTCN(ProxyConfig(n_params=chain.n_free, gain_output=True, **TINY)))
+    x = 4 * audio(batch=2, channels=2, n=2048)
+    q = torch.tensor([[0.2, 0.9], [0.8, 0.1]], requires_grad=True)
+    y = full_hybrid(model, chain)(x, q)
+    for i in range(2):
+        assert np.array_equal(y[i].detach().numpy(), render_chain(chain, x[i].numpy(), values_of(chain, q[i].detach())))
+    assert not torch.allclose(y[0], x[0], atol=1e-3)  # the plugin did compress
+    y.sum().backward()
+    qp = q.detach().clone().requires_grad_()
+    model(x, qp).sum().backward()
+    assert torch.allclose(q.grad, qp.grad, atol=1e-7) and q.grad.abs().sum() > 0

@@ -508,8 +508,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 
 class AudioClips:
     """Mono clips from audio files (every channel is a mono source), resampled to the proxy's
-    rate, split by file into training and held-out files (every 10th file is held out when there
-    are ≥ 2 files; with one file its last 10 % is held out). Silent excerpts (mean energy ≤ 1e-3
+    rate, split by file into training and held-out files (every 10th file, at least one, is held
+    out when there are ≥ 2 files; with one file, or when ``max_seconds`` of audio is reached
+    before a held-out file, the last 10 % of each source is held out). Silent excerpts (mean energy ≤ 1e-3
     after peak normalization, DeepAFx-ST §3.2's criterion) are redrawn; clips are peak-scaled to a
     random −30…0 dBFS."""
 
@@ -536,6 +537,10 @@ class AudioClips:
             total += audio.shape[-1] / sample_rate
             if total >= max_seconds:
                 break
+        if not held:  # stopped at max_seconds before a held-out file: hold out the last 10 % of each
+            cuts = [int(0.9 * c.shape[-1]) for c in train]
+            held = [c[k:] for c, k in zip(train, cuts)]
+            train = [c[:k] for c, k in zip(train, cuts)]
         self.sources = {"train": train, "val": held}
 
     @classmethod
@@ -630,11 +635,11 @@ def load_proxy(path: str | Path, which: str = "best") -> tuple[ProxyTCN, Chain]:
     stored sample rate. ``which="best"`` takes the weights with the lowest validation loss when the
     checkpoint has them (as DeepAFx-ST §3.5), else the latest; ``"last"`` the latest. The model is
     returned in eval mode."""
+    if which not in ("best", "last"):
+        raise AfxError(f"load_proxy: which must be 'best' or 'last', not {which!r}")
     ckpt = read_proxy_checkpoint(path)
     model = ProxyTCN(ProxyConfig.from_dict(ckpt["config"]))
     state = ckpt.get("best_model") if which == "best" and ckpt.get("best_model") else ckpt["model"]
-    if which not in ("best", "last"):
-        raise AfxError(f"load_proxy: which must be 'best' or 'last', not {which!r}")
     model.load_state_dict(state)
     model.eval()
     chain = Chain(ckpt["chain_spec"], ckpt["sample_rate"])
