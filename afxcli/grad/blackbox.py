@@ -207,7 +207,9 @@ class BlackBoxLayer:
     Shapes: ``x`` ``(M, channels, frame_samples)`` float32, ``q`` ``(M, P)`` normalized in [0, 1].
     Call :meth:`render` once per frame, then (for a gradient) :meth:`render_perturbed` with the same
     frame. If a frame's perturbed render is skipped (no backward), the ``±`` instances are fed that
-    frame at the main values before the next frame, so they never fall out of step.
+    frame at the main values before the next frame, so they never fall out of step (that costs the
+    two renders a backward would have; validate with a ``pairs=0`` layer instead). The batch size
+    is fixed: every call renders all ``M`` slots.
     """
 
     def __init__(self, chain_spec: Any, sample_rate: float, batch_size: int, workers: int = 1,
@@ -279,7 +281,8 @@ class BlackBoxLayer:
         tasks = []
         for k in range(self.pairs):
             if k < K:
-                _check_batch(x, qp[k], M), _check_batch(x, qm[k], M)
+                _check_batch(x, qp[k], M)
+                _check_batch(x, qm[k], M)
                 vp, vm = chain_values(self.chain, qp[k]), chain_values(self.chain, qm[k])
             else:
                 vp = vm = main_vals
@@ -380,7 +383,8 @@ class StatelessRenderer:
         K, M = qp.shape[:2]
         tasks = []
         for k in range(K):
-            _check_batch(x, qp[k]), _check_batch(x, qm[k])
+            _check_batch(x, qp[k])
+            _check_batch(x, qm[k])
             vp, vm = chain_values(self.chain, qp[k]), chain_values(self.chain, qm[k])
             for m in range(M):
                 tasks.append(lambda m=m, v=vp[m]: self._render_one(x[m], v))

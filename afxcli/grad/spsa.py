@@ -86,9 +86,14 @@ def rademacher(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def vjp_sums(g: np.ndarray, y_plus: np.ndarray, y_minus: np.ndarray) -> np.ndarray:
-    """``Σ_{c,t} g · (y⁺ − y⁻)`` in float64: ``g`` ``(M, C, T)``, ``y±`` ``(K, M, C, T)`` -> ``(K, M)``."""
-    diff = y_plus.astype(np.float64) - y_minus.astype(np.float64)
-    return np.einsum("kmct,mct->km", diff, g, optimize=True)
+    """``Σ_{c,t} g · (y⁺ − y⁻)``: ``g`` ``(M, C, T)``, ``y±`` ``(K, M, C, T)`` -> ``(K, M)`` float64.
+
+    The difference is taken in the renders' precision (exact for float32 values within a factor of
+    two of each other, Sterbenz), the products are summed in float64. Plain ``einsum`` (no BLAS):
+    multithreaded BLAS dots stall when other processes hold the cores."""
+    K, M = y_plus.shape[:2]
+    d = np.subtract(y_plus, y_minus).astype(np.float64).reshape(K, M, -1)
+    return np.einsum("kmn,mn->km", d, np.asarray(g, np.float64).reshape(M, -1))
 
 
 def spsa_estimates(renderer: Any, x: np.ndarray, q: np.ndarray, g: np.ndarray, epsilon: float,
