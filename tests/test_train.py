@@ -259,3 +259,47 @@ def test_paired_task_trains_and_loads(tmp_path):
     missing = write_config(tmp_path, {"chain": GAIN_CHAIN}, "m.json")
     with pytest.raises(AfxError, match="data.input_dir: required"):
         load_config(missing, "paired")
+
+
+def test_afx_train_proxy_task(tmp_path, capsys):
+    cfg = write_config(tmp_path, {"steps": 2, "batch_size": 2, "lr": 1e-3, "val_every_steps": 2,
+                                  "checkpoint_every_steps": 1, "chain": GAIN_CHAIN,
+                                  "data": {"sample_rate": 8000, "clip_samples": 1024},
+                                  "task_options": {"val_items": 2,
+                                                   "model": {"width": 4, "dilations": [1, 2], "kernel_size": 3}}})
+    out = tmp_path / "proxy"
+    assert main(["-q", "train", "proxy", "--config", str(cfg), "--out", str(out)]) == 0
+    assert str(out / "proxy.pt") in capsys.readouterr().out
+    model, spec, config = load_for_inference(out)
+    assert spec["effects"][0]["type"] == "gain" and config["task"] == "proxy"
+    y = model(torch.zeros(1, 1, 256), torch.full((1, 1), 0.5))
+    assert y.shape == (1, 1, 256)
+
+
+def test_sigterm_stops_checkpointed_and_resumable(tmp_path):
+    import os
+    import signal
+
+    from afxcli.train.tasks import TASKS, ToyTask, register_task
+
+    @register_task
+    class SignalToy(ToyTask):
+        name = "signal_toy_test"
+
+        def loss(self, batch, step):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().loss(batch, step)
+
+    try:
+        cfg = load_config(write_config(tmp_path, tiny_config(steps=6)), "signal_toy_test")
+        res = train(cfg, tmp_path / "r", quiet=True)
+        assert res.stop_reason == "interrupted" and res.step == 3
+        ck = load_checkpoint(tmp_path / "r" / "last.pt")
+        assert ck["step"] == 3 and not ck["finished"]
+        before = signal.getsignal(signal.SIGTERM)
+        res = train(cfg, tmp_path / "r", quiet=True)  # resumes at step 3: no more signals
+        assert res.step == 6 and res.stop_reason == "finished"
+        assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+    finally:
+        TASKS.pop("signal_toy_test", None)

@@ -30,6 +30,15 @@ CHECKPOINT_VERSION = 1
 LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 LOG_NAME = "log.jsonl"
+PROXY_NAME = "proxy.pt"
+
+
+def _is_proxy_checkpoint(path: Path) -> bool:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_checkpoint reports unreadable files
+        return False
+    return isinstance(data, dict) and data.get("format") == "afx-proxy"
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
@@ -104,7 +113,17 @@ def load_for_inference(path: str | Path) -> tuple[torch.nn.Module, dict | None, 
 
     p = Path(path)
     if p.is_dir():
-        p = p / BEST_NAME if (p / BEST_NAME).is_file() else p / LAST_NAME
+        if (p / BEST_NAME).is_file() or (p / LAST_NAME).is_file():
+            p = p / BEST_NAME if (p / BEST_NAME).is_file() else p / LAST_NAME
+        elif (p / PROXY_NAME).is_file():
+            p = p / PROXY_NAME
+    if p.is_file() and _is_proxy_checkpoint(p):  # `afx train proxy` output
+        from ..grad.proxy import load_proxy, read_proxy_checkpoint
+
+        model, chain = load_proxy(p)
+        ck = read_proxy_checkpoint(p)
+        return model, chain.spec, {"task": "proxy", "sample_rate": chain.sample_rate,
+                                   "model": ck.get("config"), "train": ck.get("train_config")}
     data = load_checkpoint(p)
     cls = get_task(str(data["task"]))
     model = cls.build_model(data["config"], data.get("chain_spec"))
