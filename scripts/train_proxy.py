@@ -3,7 +3,9 @@
 
 Targets are rendered by the real chain (pedalboard twins, VST3 plugins) with uniformly random
 normalized parameters per clip, on audio from a folder (or generated test signals when none is
-given). Checkpoints (model, best-validation model, optimizer, step, configs, chain spec, sample
+given). After training, the NP-FH gradient of the best checkpoint is compared with central finite
+differences of the real chain on held-out items (:func:`afxcli.grad.proxy.gradient_agreement`).
+Checkpoints (model, best-validation model, optimizer, step, configs, chain spec, sample
 rate) are written every ``--checkpoint-every`` steps; running the same command again resumes.
 The last lines are figures ``name: value unit``.
 
@@ -35,7 +37,7 @@ import torch
 
 from afxcli.effects.chain import Chain, load_chain_spec, normalize_spec
 from afxcli.errors import AfxError
-from afxcli.grad.proxy import ProxyConfig, ProxyTCN, train_proxy
+from afxcli.grad.proxy import ProxyConfig, ProxyTCN, gradient_agreement, load_proxy, train_proxy
 
 
 def _chain_spec(text: str) -> dict:
@@ -109,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"val_rel_mae_best: {best['val_rel_mae']:.4g} ratio")
         print(f"identity_mae: {last['identity_mae']:.5g} abs")
         print(f"error_drop: {first['val_mae'] / best['val_mae']:.3g} x")
+        best_model, _ = load_proxy(args.checkpoint, which="best")
+        ga = gradient_agreement(best_model.to(args.device), chain, n_items=args.val_items,
+                                clip_samples=args.clip_samples, seed=args.seed, source=args.audio)
+        print(f"grad_cosine_vs_fd: {ga['grad_cosine']:.3f} cosine")
+        print(f"grad_sign_agreement_vs_fd: {100 * ga['grad_sign_agreement']:.1f} %")
         if steps:
             print(f"step_time: {sum(steps) / len(steps):.4g} s")
         print(f"wall_time: {wall:.4g} s")

@@ -6,7 +6,7 @@ import torch
 from afxcli.effects.chain import Chain
 from afxcli.errors import AfxError
 from afxcli.grad.proxy import (FullHybrid, HalfHybrid, NeuralProxy, ProxyConfig, ProxyTCN,
-                               full_hybrid, generated_signals, half_hybrid, load_proxy,
+                               full_hybrid, generated_signals, gradient_agreement, half_hybrid, load_proxy,
                                make_proxy_chain_fn, make_proxy_layer, proxy, read_proxy_checkpoint,
                                render_real, save_proxy, train_proxy)
 from afxcli.render import render_chain, render_effect
@@ -113,6 +113,9 @@ def test_training_reduces_error_against_the_real_effect(tmp_path, one_thread):
     with torch.no_grad():
         err = (model(x, q) - y_real).abs().mean() / y_real.abs().mean()
     assert err < 0.2, float(err)
+    # its NP-FH gradient points where the real effect's finite-difference gradient points
+    ga = gradient_agreement(model, chain, n_items=6, clip_samples=1024, seed=1)
+    assert ga["grad_sign_agreement"] == 1.0 and ga["grad_cosine"] == 1.0, ga
 
 
 def _crashing(after_calls):

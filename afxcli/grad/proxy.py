@@ -59,7 +59,7 @@ __all__ = [
     "ProxyConfig", "ProxyTCN", "TrainConfig", "train_proxy", "render_real",
     "proxy_loss", "NeuralProxy", "HalfHybrid", "FullHybrid", "FullHybridFunction", "proxy",
     "half_hybrid", "full_hybrid", "make_proxy_layer", "make_proxy_chain_fn", "save_proxy", "load_proxy",
-    "read_proxy_checkpoint", "generated_signals", "AudioClips", "evaluate_proxy",
+    "read_proxy_checkpoint", "generated_signals", "AudioClips", "evaluate_proxy", "gradient_agreement",
 ]
 
 
@@ -709,6 +709,45 @@ def evaluate_proxy(model: ProxyTCN, val: tuple[torch.Tensor, torch.Tensor, torch
     return {"val_loss": float(loss), "val_mae": float(mae),
             "val_rel_mae": float(mae / y.abs().mean().clamp_min(1e-12)),
             "identity_mae": float((x - y).abs().mean())}
+
+
+def gradient_agreement(model: ProxyTCN, chain: Chain, n_items: int = 8, clip_samples: int = 8192,
+                       seed: int = 0, epsilon: float = 0.02, source: AudioSource = None) -> dict[str, float]:
+    """How well the NP-FH gradient points where the real chain's gradient points.
+
+    Per item: a clip ``x``, a target ``y = real(x, q*)`` with random ``q*``, and a random estimate
+    ``q``; loss ``L(q) = mean|real(x, q) − y|``. Compares ``∂L/∂q`` from :class:`FullHybrid` (the
+    proxy's VJP at the real output's loss gradient) with central finite differences of the real
+    chain (step ``epsilon`` in normalized units, clipped to [0, 1]). Returns the mean cosine
+    similarity over items (``grad_cosine``) and the fraction of parameter components whose signs
+    agree, counting only those where the finite difference is clearly non-zero (``grad_sign_agreement``).
+    """
+    src = _as_source(source, chain.sample_rate)
+    rng = np.random.default_rng([seed, 7])
+    x = torch.from_numpy(np.asarray(src(rng, n_items, clip_samples, "val"), np.float32)).unsqueeze(1)
+    q_true = torch.from_numpy(rng.uniform(0, 1, (n_items, chain.n_free)))
+    q = torch.from_numpy(rng.uniform(0, 1, (n_items, chain.n_free)))
+    dev = next(model.parameters()).device
+    y = render_real(chain, x, q_true)
+
+    def loss_real(qq: torch.Tensor) -> torch.Tensor:  # (n_items,)
+        return (render_real(chain, x, qq) - y).abs().mean(dim=(1, 2))
+
+    fd = torch.zeros(n_items, chain.n_free, dtype=torch.float64)
+    for j in range(chain.n_free):
+        hi, lo = q.clone(), q.clone()
+        hi[:, j] = (q[:, j] + epsilon).clamp(max=1.0)
+        lo[:, j] = (q[:, j] - epsilon).clamp(min=0.0)
+        fd[:, j] = (loss_real(hi) - loss_real(lo)) / (hi[:, j] - lo[:, j])
+    layer = FullHybrid(model, chain, freeze=False)
+    qv = q.to(dev, torch.float32).requires_grad_()
+    out = layer(x.to(dev), qv)
+    (out - y.to(dev)).abs().mean(dim=(1, 2)).sum().backward()
+    g = qv.grad.detach().cpu().to(torch.float64)
+    cos = torch.nn.functional.cosine_similarity(g, fd, dim=1, eps=1e-12)
+    clear = fd.abs() > 1e-3 * fd.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+    sign = ((torch.sign(g) == torch.sign(fd)) & clear).sum() / clear.sum().clamp_min(1)
+    return {"grad_cosine": float(cos.mean()), "grad_sign_agreement": float(sign)}
 
 
 def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | None = None,
