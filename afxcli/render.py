@@ -5,10 +5,12 @@ Automation streams blocks through each effect with ``reset=False`` and sets new 
 boundaries (DESIGN.md §2: pedalboard applies changed parameters at the chunk boundary). Latency is
 compensated so the output has the input's exact length and alignment:
 
-- pedalboard built-ins withhold their latency ``L`` in streaming: ``L`` zeros are fed at the end to
-  flush, and the output is the first ``T`` samples;
-- VST3 plugins delay the stream by ``L``: ``L`` zeros are fed at the end and the first ``L`` samples
-  are dropped.
+- pedalboard built-ins (and VST3 plugins after ``reset()``, which afx's plugin renderer always
+  does first) withhold their latency ``L`` in streaming: zeros are fed at the end to flush, and the
+  output is the first ``T`` samples;
+- a renderer whose stream comes back delayed by ``L`` (``delays_stream``; measured with pedalboard
+  0.9.26 only for a never-run, never-reset VST3 instance) gets ``L`` zeros at the end and its first
+  ``L`` samples dropped.
 
 Effects are rendered one after the other over the whole signal (effects are causal and in series,
 so this equals interleaving them block by block).

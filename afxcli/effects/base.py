@@ -191,8 +191,9 @@ class Renderer:
 
     - ``delays_stream = False`` (pedalboard built-ins): the first ``latency_samples`` of output
       are withheld (a chunk may come back shorter); feeding ``latency_samples`` of zeros flushes.
-    - ``delays_stream = True`` (VST3 plugins): each chunk comes back at full length, the whole
-      stream delayed by ``latency_samples``.
+    - ``delays_stream = True``: each chunk comes back at full length, the whole stream delayed by
+      ``latency_samples`` (pedalboard does this for a VST3 instance that was never run nor reset;
+      afx's VST3 renderer resets first, so it withholds like the built-ins).
     """
 
     delays_stream: bool = False
