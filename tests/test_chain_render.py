@@ -152,3 +152,32 @@ def test_trace_json_round_trip_and_smoothing(tmp_path):
     assert blk.hop == 256 and blk.n_frames == n * 4
     with pytest.raises(AfxError):
         ParameterTrace.from_json({"format": "something-else"})
+
+
+ZAMAXIM = "/usr/lib/vst3/ZaMaximX2.vst3"
+
+
+@pytest.mark.skipif(not __import__("os").path.exists(ZAMAXIM),
+                    reason="Debian package zam-plugins not installed (apt-get install zam-plugins)")
+def test_latent_chain_with_vst3_keeps_length_and_alignment():
+    """BrickwallLimiter (true peak) then ZaMaximX2: both latent; a click stays on its sample,
+    static and automated renders have the input's exact length."""
+    n = 20000
+    x = np.zeros((2, n), np.float32)
+    x[:, 5000] = 0.25  # below every threshold: both limiters pass it unchanged
+    ch = Chain({"effects": [{"type": "limiter", "options": {"true_peak": True}},
+                            {"type": "vst3", "options": {"path": ZAMAXIM}}]}, SR)
+    maxim = ch.effects[1]
+    vals = [ch.effects[0].check_values({"ceiling_db": -0.1}), maxim.check_values({})]
+    y = render_chain(ch, x, vals)
+    assert y.shape == x.shape
+    assert int(np.argmax(np.abs(y[0]))) == 5000
+    keys = ch.keys()
+    flat = Chain.flatten(ch.labels, vals)
+    nb = n // 512 + 1
+    params = {k: np.full(nb, v) for k, v in flat.items()}
+    params["limiter.ceiling_db"] = np.linspace(-0.1, -0.5, nb)
+    tr = ParameterTrace(ch.spec, SR, 512, params, n_samples=n)
+    ya = render_chain(ch, x, tr, block_size=512)
+    assert ya.shape == x.shape and set(keys) == set(params)
+    assert int(np.argmax(np.abs(ya[0]))) == 5000
