@@ -258,6 +258,11 @@ def test_save_load_roundtrip_and_strategy_entry(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x, q), model(x, q))
     fn = make_proxy_chain_fn(chain, "full_hybrid", path=path)
+    from afxcli.grad import make_chain_fn
+    via_strategy = make_chain_fn(chain, "half_hybrid", model=loaded)
+    with torch.no_grad():
+        assert torch.equal(via_strategy(x, q), model(x, q))
+    assert torch.equal(via_strategy.inference(x, q), render_real(chain, x, q))
     assert torch.equal(fn(x, q), render_real(chain, x, q))
     assert torch.equal(fn.inference(x, q), render_real(chain, x, q))
     with pytest.raises(AfxError, match="another chain"):
