@@ -254,7 +254,7 @@ class BlackBoxLayer:
         for m, inst in enumerate(self.main):
             inst.build(vals[m], x.shape[1])
         ys = self._pool.run([(lambda m=m: self.main[m].process(x[m], vals[m])) for m in range(self.batch_size)])
-        self._pending = (x.copy(), vals)
+        self._pending = (x.copy(), vals) if self.pairs else None
         self.frames_rendered += 1
         return np.stack(ys)
 
@@ -267,12 +267,12 @@ class BlackBoxLayer:
             return self._stateless.render_perturbed(x, q_plus, q_minus)
         qp, qm, single = _stack_perturbed(q_plus, q_minus)
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.pairs == 0:
+            raise AfxError("this black-box layer is forward-only (pairs=0): no perturbation instances")
         if self._pending is None or self._pending[0].shape != x.shape or not np.array_equal(self._pending[0], x):
             raise AfxError("render_perturbed must follow render() of the same frame (the ± instances "
                            "follow the main stream frame by frame)")
         K = qp.shape[0]
-        if self.pairs == 0:
-            raise AfxError("this black-box layer is forward-only (pairs=0): no perturbation instances")
         if K > self.pairs:
             raise AfxError(f"{K} perturbation draws need {K} instance pairs per slot; this layer has "
                            f"{self.pairs} (BlackBoxLayer(..., pairs={K}))")
