@@ -234,7 +234,7 @@ def test_half_hybrid_and_proxy_layers():
     assert torch.equal(proxy(model, chain)(x, q), model(x, q))
     assert isinstance(make_proxy_layer("np-fh", model, chain), FullHybrid)
     assert isinstance(make_proxy_layer("half_hybrid", model, chain), HalfHybrid)
-    assert type(make_proxy_layer("proxy", model, chain)) is NeuralProxy
+    assert type(make_proxy_layer("proxy", model, chain, workers=2)) is NeuralProxy
     with pytest.raises(AfxError):
         make_proxy_layer("nope", model, chain)
 

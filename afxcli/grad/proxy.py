@@ -291,11 +291,12 @@ class NeuralProxy(torch.nn.Module):
     mode = "proxy"
 
     def __init__(self, model: ProxyTCN, chain: Chain | None = None, freeze: bool = True,
-                 block_size: int | None = None) -> None:
+                 block_size: int | None = None, workers: int = 1) -> None:
         super().__init__()
         self.model = model
         self.chain = chain
         self.block_size = block_size
+        self.workers = int(workers)  # threads for real renders (hybrids; same options for all modes)
         if chain is not None and chain.n_free != model.config.n_params:
             raise AfxError(f"proxy expects {model.config.n_params} parameters, the chain has {chain.n_free}")
         if freeze:
@@ -314,8 +315,7 @@ class HalfHybrid(NeuralProxy):
 
     def __init__(self, model: ProxyTCN, chain: Chain, freeze: bool = True,
                  block_size: int | None = None, workers: int = 1) -> None:
-        super().__init__(model, chain, freeze, block_size)
-        self.workers = workers
+        super().__init__(model, chain, freeze, block_size, workers)
 
     @torch.no_grad()
     def inference(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -368,8 +368,7 @@ class FullHybrid(NeuralProxy):
 
     def __init__(self, model: ProxyTCN, chain: Chain, freeze: bool = True,
                  block_size: int | None = None, workers: int = 1) -> None:
-        super().__init__(model, chain, freeze, block_size)
-        self.workers = workers
+        super().__init__(model, chain, freeze, block_size, workers)
 
     def forward(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return FullHybridFunction.apply(x, q, self.model, self.chain, self.block_size, self.workers)
@@ -426,8 +425,6 @@ def make_proxy_chain_fn(chain: Chain, strategy: str, model: ProxyTCN | None = No
     unknown = set(options) - {"block_size", "workers", "freeze"}
     if unknown:
         raise AfxError(f"strategy {strategy!r}: unknown option(s) {', '.join(sorted(unknown))}")
-    if strategy == "proxy":
-        options.pop("workers", None)
     layer = make_proxy_layer(strategy, model, chain, **options)
     fn = ChainFn(chain, strategy, layer)
     fn.layer = layer
