@@ -170,6 +170,12 @@ def main() -> None:
     layers = {w: BlackBoxLayer(chain, SR, M, workers=w, pairs=0) for w in (1, 2)}
     one, two, _, _ = paired(lambda k: layers[1].render(x_of(k % n_frames), q_steps[k % n_frames]),
                             lambda k: layers[2].render(x_of(k % n_frames), q_steps[k % n_frames]), args.repeats)
+    share = {}  # CPU seconds this process got per wall second while rendering with w workers
+    for w, layer in layers.items():
+        c0, t0 = time.process_time(), time.perf_counter()
+        for k in range(args.repeats):
+            layer.render(x_of(k % n_frames), q_steps[k % n_frames])
+        share[w] = (time.process_time() - c0) / (time.perf_counter() - t0)
     for layer in layers.values():
         layer.close()
     overlap = render_overlap(chain, x_of(0), q_steps[0])
@@ -181,6 +187,8 @@ def main() -> None:
     print(f"# load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
           f"after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     print(f"# forward render 1 worker {one:.4f} s, 2 workers {two:.4f} s (medians, alternated)")
+    print(f"# CPU share while rendering (CPU s per wall s): 1 worker {share[1]:.2f}, 2 workers {share[2]:.2f} "
+          f"(2 workers can only speed up when the process gets more than one core)")
     print(f"# GIL check: two threads' renders overlapped {100 * overlap:.0f}% of the time "
           f"(0% if pedalboard held the GIL)")
     for name, (_, _, _, cpu_ratio) in results.items():
