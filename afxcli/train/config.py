@@ -91,7 +91,6 @@ LOOP_FIELDS: dict[str, Field] = {
     "one_cycle_final_div_factor": Field(1e4, FLOAT, lambda v: None if v >= 1 else "must be >= 1"),
     "grad_clip_norm": Field(4.0, OPT_FLOAT, optional(positive), "max global grad norm (DeepAFx-ST: 4.0)"),
     "val_every_steps": Field(100, INT, non_negative, "0 = validate only at the end"),
-    "val_batches": Field(4, INT, positive),
     "patience": Field(0, INT, non_negative, "validations without improvement before stopping; 0 = off"),
     "min_delta": Field(0.0, FLOAT, non_negative, "improvement smaller than this does not count"),
     "checkpoint_every_steps": Field(100, INT, non_negative, "0 = only at the end"),

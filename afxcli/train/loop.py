@@ -253,8 +253,10 @@ def _train(config: dict, out: Path, resume: bool, quiet: bool, progress: bool | 
             return TrainResult(out, last_path, best_path if best_path.is_file() else None, step, total,
                                "already_finished", best_val, best_step)
         say(f"resuming {config['task']} from step {step} of {total} ({last_path})")
-    elif log_path.exists():
-        log_path.unlink()
+    else:  # a fresh start: nothing of an older run in this folder may pass for this one's
+        for stale in (log_path, best_path, last_path):
+            if stale.exists():
+                stale.unlink()
 
     def payload(finished: bool, reason: str) -> dict:
         return {"task": config["task"], "config": config, "chain_spec": task.chain_spec,
