@@ -10,12 +10,15 @@ stereo clips of ``--seconds`` at 44.1 kHz. One step = forward + L1 loss against 
 - ``spsa_1`` / ``spsa_4``: SPSA with 1 / 4 draws through the stateful layer (3M / 9M instances);
 - ``fd``: central finite differences through the stateless renderer (2P renders per item).
 
-Each stateful step feeds the next frame of the same clips (instances keep their state). Each
-strategy's steps alternate with forward-only steps (one warm-up each) so that the load of a shared
-machine hits both alike; ``grad_step_s_*`` are median wall seconds, ``grad_step_ratio_*`` the
-median of the per-step ratios to the adjacent forward-only step (CPU-time ratios are printed too). The black-box speed-up is the forward
-render with 2 workers against 1 worker. The load average (os.getloadavg) is printed before and
-after: on a shared machine the other processes' load lowers the parallel speed-up.
+Each stateful step feeds the next frame of the same clips (instances keep their state) with new
+parameters (as an encoder predicts them every step). Each strategy's steps alternate with
+forward-only steps (one warm-up each) so that the load of a shared machine hits both alike;
+``grad_step_s_*`` are median wall seconds, ``grad_step_ratio_*`` the median of the per-step ratios
+to the adjacent forward-only step (CPU-time ratios are printed too). The black-box speed-up is the
+forward render with 2 workers against 1 worker (alternated). Printed with it: the load average
+(os.getloadavg) before and after, the CPU share the process got, the speed-up a GIL-free hashlib
+workload gets from 2 threads at the same time (what the machine's load allows), and whether two
+threads' renders overlap in time (they can only if pedalboard releases the GIL).
 
 Usage: .venv/bin/python benchmarks/grad_cost.py [--batch 4] [--seconds 2] [--repeats 5] [--workers 2]
        [--torch-threads 1]
