@@ -234,15 +234,24 @@ class PedalboardRenderer(Renderer):
 
     @property
     def latency_samples(self) -> int:
-        """Samples a fresh twin withholds in streaming, measured once on silence."""
+        """Samples a fresh twin withholds in streaming, measured on silence once per effect type,
+        sample rate and options (a built-in's latency depends only on those, e.g. the limiter's
+        lookahead and true-peak options)."""
         if self._latency is None:
-            import pedalboard
+            key = (type(self.effect).__name__, self.effect.sample_rate, repr(sorted(self.effect.options.items())))
+            if key not in _LATENCY_CACHE:
+                import pedalboard
 
-            probe = pedalboard.Pedalboard(self.effect.to_pedalboard(self.values))
-            n = 1 << 15
-            out = probe(np.zeros((1, n), np.float32), self.effect.sample_rate, reset=False)
-            self._latency = n - out.shape[-1]
+                probe = pedalboard.Pedalboard(self.effect.to_pedalboard(self.values))
+                n = 1 << 15
+                out = probe(np.zeros((1, n), np.float32), self.effect.sample_rate, reset=False)
+                _LATENCY_CACHE[key] = n - out.shape[-1]
+            self._latency = _LATENCY_CACHE[key]
         return self._latency
+
+
+#: Measured streaming latency of pedalboard twins, by (effect class, sample rate, options).
+_LATENCY_CACHE: dict[tuple, int] = {}
 
 
 def make_renderer(effect: Effect, values: Mapping[str, float]) -> Renderer | None:
