@@ -215,6 +215,25 @@ def test_smf_roundtrip_channels_tempo_and_cap():
         midi.parse_smf(b"RIFF0000")
 
 
+def test_separate_tracks_gives_shared_channel_parts_their_own():
+    def track(*events):
+        return [midi.Event(t, bytes(d)) for t, d in events]
+    conductor = track((0, [0xB0, 7, 100]))                     # volume for channel 0, no notes
+    parts = [track((0, [0xC0, 48]), (0, [0x90, 60 + k, 80]), (480, [0x80, 60 + k, 0]))
+             for k in range(3)]                                  # three parts, all on channel 0
+    drums = track((0, [0x99, 36, 90]), (10, [0x89, 36, 0]))
+    mf = midi.MidiFile(1, 480, [conductor, *parts, drums])
+    sep = midi.separate_tracks(mf)
+    assert midi.note_channels(mf) == [0, 9]
+    assert midi.note_channels(sep) == [0, 1, 2, 9]               # drums keep channel 9
+    for k, ch in enumerate([0, 1, 2]):
+        data = [e.data for e in sep.tracks[1 + k]]
+        assert bytes([0xC0 | ch, 48]) in data and bytes([0x90 | ch, 60 + k, 80]) in data
+    # the conductor's channel-0 volume now reaches the moved parts too
+    assert {e.data for e in sep.tracks[0]} == {bytes([0xB0 | c, 7, 100]) for c in (0, 1, 2)}
+    assert [e.data for e in mf.tracks[2]][0] == bytes([0xC0, 48])    # input untouched
+
+
 def test_wad_music_lumps_converts_mus():
     mus = _mus(bytes([0x10, 60, 0x60]))
     smf = _smf_two_channels()

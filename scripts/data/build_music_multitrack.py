@@ -15,8 +15,10 @@ Rendering: ``fluidsynth`` with the General MIDI soundfont of ``fluid-soundfont-g
 so stems are dry; 44.1 kHz stereo float. Each piece is **capped at ``MAX_PIECE_S`` = 90 s** (events
 after 90 s dropped, "all notes off" at the cut, release tails kept). Every MIDI channel that plays
 notes is rendered alone (all other channels' notes removed, every controller/program/tempo
-kept); stems quieter than −80 dBFS peak are skipped. One gain for the whole piece puts the mix
-peak at −1 dBFS; stems are quantized to 24 bit and ``mix.flac`` is their exact sum.
+kept; parts that an exporter put on one shared channel first get channels of their own,
+``midi.separate_tracks``); stems quieter than −80 dBFS peak are skipped. One gain for the
+whole piece puts the mix peak at −1 dBFS; stems are quantized to 24 bit and ``mix.flac`` is
+their exact sum. Trailing silence (every stem below −80 dBFS) is trimmed.
 
 Layout: ``<source>/<piece>/{ch00.flac, ch01.flac, ..., mix.flac, piece.mid, piece.json}``.
 Usage: python scripts/data/build_music_multitrack.py [--limit N] [--max-piece-s 90]
@@ -73,7 +75,7 @@ def first_programs(mf: midi.MidiFile) -> dict[int, int]:
 
 def render_piece(mid_bytes: bytes, piece_dir: Path, work: Path, max_s: float) -> dict | None:
     """Render one piece's stems and mix into ``piece_dir``; returns its piece.json dict."""
-    mf = midi.cap_seconds(midi.parse_smf(mid_bytes), max_s)
+    mf = midi.cap_seconds(midi.separate_tracks(midi.parse_smf(mid_bytes)), max_s)
     chans = midi.note_channels(mf)
     if not chans:
         return None
@@ -88,6 +90,10 @@ def render_piece(mid_bytes: bytes, piece_dir: Path, work: Path, max_s: float) ->
     stack = np.zeros((len(stems), n, 2), np.float64)
     for i, a in enumerate(stems.values()):
         stack[i, : a.shape[0]] = a
+    # fluidsynth keeps rendering silence after the releases: cut where every stem is below -80 dBFS
+    loud = np.flatnonzero(np.max(np.abs(stack), axis=(0, 2)) >= SILENT_PEAK)
+    n = min(n, int(loud[-1]) + 1 + SAMPLE_RATE // 10)
+    stack = stack[:, :n]
     peak = float(np.max(np.abs(stack.sum(0))))
     gain = min(MIX_PEAK / peak, 0.999 / float(np.max(np.abs(stack))))
     q = np.round(stack * gain * 2 ** 23) / 2 ** 23        # exact on the 24-bit grid
@@ -103,13 +109,45 @@ def render_piece(mid_bytes: bytes, piece_dir: Path, work: Path, max_s: float) ->
     _write(piece_dir / "mix.flac", mix)
     (piece_dir / "piece.mid").write_bytes(midi.write_smf(mf))
     return {"stems": names, "duration_s": round(n / SAMPLE_RATE, 3), "gain_db":
-            round(20 * np.log10(gain), 3), "midi_duration_s": round(midi.duration_s(mf), 3)}
+            round(float(20 * np.log10(gain)), 3), "midi_duration_s": round(midi.duration_s(mf), 3)}
 
 
 def _write(path: Path, audio: np.ndarray) -> None:
     tmp = path.with_name(path.stem + ".part.flac")
     sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_24", format="FLAC")
     os.replace(tmp, path)
+
+
+def render_pieces(pieces: list, out: Path, items: dict, work_dir: Path, args, manifest) -> None:
+    """Render every piece not done yet (a ``piece.json`` marks it done); add it to ``items``."""
+    work_dir.mkdir(exist_ok=True)
+    for i, (source, name, group, data, src_info, lic) in enumerate(pieces):
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+        piece_dir = out / source / safe
+        meta_path = piece_dir / "piece.json"
+        if meta_path.is_file():
+            info = json.loads(meta_path.read_text())
+        else:
+            try:
+                info = render_piece(data, piece_dir, work_dir, args.max_piece_s)
+            except (ValueError, IndexError, RuntimeError) as e:
+                log(f"  [{i + 1}/{len(pieces)}] {source}/{name}: skipped ({e})")
+                continue
+            if info is None:
+                log(f"  [{i + 1}/{len(pieces)}] {source}/{name}: no audible channel")
+                continue
+            meta_path.write_text(json.dumps(info, indent=1))
+            log(f"  [{i + 1}/{len(pieces)}] {source}/{name}: {len(info['stems'])} stems, "
+                f"{info['duration_s']:.1f} s")
+        rel_dir = f"{source}/{safe}"
+        rel = f"{rel_dir}/mix.flac"
+        items[rel] = {"file": rel, "duration_s": info["duration_s"],
+                      "sample_rate": SAMPLE_RATE, "channels": 2, "group": group,
+                      "stems": [f"{rel_dir}/{s['file']}" for s in info["stems"]],
+                      "stem_info": info["stems"], "midi": f"{rel_dir}/piece.mid",
+                      "source": src_info, "license": lic}
+        if i % 10 == 9:   # partial manifest so a long build is usable while it runs
+            manifest()
 
 
 def music21_midis(tools: Path, out: Path, limit: int | None) -> tuple[str, str]:
@@ -152,6 +190,10 @@ def main() -> None:
     sf_version = run(["dpkg-query", "-W", "-f=${Version}", "fluid-soundfont-gm"]).stdout
     sf_license = license_from_copyright(
         Path("/usr/share/doc/fluid-soundfont-gm/copyright").read_text(errors="replace"))
+
+    def manifest() -> None:
+        _manifest(out, items, args.val_fraction, sf_version, sf_license, args.max_piece_s)
+
     # (source, piece name, group, midi bytes, source info, licence)
     pieces: list[tuple[str, str, str, bytes, dict, str]] = []
     with temp_dir("multitrack_") as tmp:
@@ -180,10 +222,12 @@ def main() -> None:
                            {"package": "openttd-openmsx", "version": version,
                             "path": f"/usr/share/games/openttd/baseset/openmsx/{m.name}"}, lic))
         log(f"openttd-openmsx {version}: {len(mids)} MIDI files ({lic})")
+        render_pieces(pieces, out, items, tmp / "render", args, manifest)
         if not args.skip_music21:
             m21_dir = datasets.corpora_dir() / "_tools" / "music21-midi"
             m21_version, m21_lic = music21_midis(datasets.corpora_dir() / "_tools", m21_dir,
                                                  args.limit)
+            pieces = []
             count = 0
             for composer in COMPOSERS:
                 for m in sorted((m21_dir / composer).glob("*.mid"))[: args.limit]:
@@ -196,36 +240,8 @@ def main() -> None:
                                                     "path": f"corpus/{composer}/{m.stem}"}, m21_lic))
                     count += 1
             log(f"music21 {m21_version}: {count} pieces")
-        work_dir = tmp / "render"
-        work_dir.mkdir()
-        for i, (source, name, group, data, src_info, lic) in enumerate(pieces):
-            safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-            piece_dir = out / source / safe
-            meta_path = piece_dir / "piece.json"
-            if meta_path.is_file():
-                info = json.loads(meta_path.read_text())
-            else:
-                try:
-                    info = render_piece(data, piece_dir, work_dir, args.max_piece_s)
-                except (ValueError, IndexError, RuntimeError) as e:
-                    log(f"  [{i + 1}/{len(pieces)}] {source}/{name}: skipped ({e})")
-                    continue
-                if info is None:
-                    log(f"  [{i + 1}/{len(pieces)}] {source}/{name}: no audible channel")
-                    continue
-                meta_path.write_text(json.dumps(info, indent=1))
-                log(f"  [{i + 1}/{len(pieces)}] {source}/{name}: {len(info['stems'])} stems, "
-                    f"{info['duration_s']:.1f} s")
-            rel_dir = f"{source}/{safe}"
-            rel = f"{rel_dir}/mix.flac"
-            items[rel] = {"file": rel, "duration_s": info["duration_s"],
-                          "sample_rate": SAMPLE_RATE, "channels": 2, "group": group,
-                          "stems": [f"{rel_dir}/{s['file']}" for s in info["stems"]],
-                          "stem_info": info["stems"], "midi": f"{rel_dir}/piece.mid",
-                          "source": src_info, "license": lic}
-            if i % 10 == 9:   # partial manifest so a long build is usable while it runs
-                _manifest(out, items, args.val_fraction, sf_version, sf_license, args.max_piece_s)
-    _manifest(out, items, args.val_fraction, sf_version, sf_license, args.max_piece_s)
+            render_pieces(pieces, out, items, tmp / "render", args, manifest)
+    manifest()
     for split, s in sorted(datasets.summary(NAME).items()):
         log(f"{NAME} {split}: {s['items']} pieces, {s['hours']:.2f} h, {s['groups']} works")
     log(f"manifest: {out / datasets.MANIFEST_NAME}")

@@ -155,6 +155,45 @@ def only_channel(mf: MidiFile, channel: int) -> MidiFile:
     return MidiFile(mf.format, mf.division, [[e for e in t if keep(e)] for t in mf.tracks])
 
 
+def separate_tracks(mf: MidiFile) -> MidiFile:
+    """Copy in which tracks that play notes on one shared channel get channels of their own.
+
+    Exporters such as music21 put every part with the same instrument on one channel (a string
+    quartet on channel 0), which would make one stem of the whole piece. Each later track whose
+    only note channel is already taken by an earlier track moves, with all its channel events, to
+    the lowest free channel (never 9, the GM drum channel); the channel's events in note-less
+    tracks (a conductor track's program or volume) are copied to the new channel too. Tracks
+    playing on several channels, drums, and tracks beyond the 15 melodic channels are left as is.
+    """
+    note_chans = [{e.channel for e in t if e.kind == 0x90} for t in mf.tracks]
+    used = set().union(*note_chans) if note_chans else set()
+    taken: set[int] = set()
+    tracks = [list(t) for t in mf.tracks]
+    for i, chans in enumerate(note_chans):
+        if len(chans) != 1:
+            taken |= chans
+            continue
+        c = next(iter(chans))
+        if c not in taken or c == 9:
+            taken.add(c)
+            continue
+        free = [n for n in range(16) if n != 9 and n not in used and n not in taken]
+        if not free:
+            continue
+        new = free[0]
+        taken.add(new)
+
+        def move(e: Event) -> Event:
+            if e.channel == c:
+                return Event(e.tick, bytes([(e.data[0] & 0xF0) | new]) + e.data[1:])
+            return e
+        tracks[i] = [move(e) for e in tracks[i]]
+        for j, other in enumerate(note_chans):
+            if not other:
+                tracks[j] = tracks[j] + [move(e) for e in mf.tracks[j] if e.channel == c]
+    return MidiFile(mf.format, mf.division, tracks)
+
+
 def tick_to_seconds(mf: MidiFile):
     """Function tick -> seconds from the file's tempo map (meta FF 51; 120 bpm default;
     SMPTE divisions use frames/s x ticks/frame)."""
