@@ -17,8 +17,8 @@ after 90 s dropped, "all notes off" at the cut, release tails kept). Every MIDI 
 notes is rendered alone (all other channels' notes removed, every controller/program/tempo
 kept; parts that an exporter put on one shared channel first get channels of their own,
 ``midi.separate_tracks``); stems quieter than −80 dBFS peak are skipped. One gain for the
-whole piece puts the mix peak at −1 dBFS; stems are quantized to 24 bit and ``mix.flac`` is
-their exact sum. Trailing silence (every stem below −80 dBFS) is trimmed.
+whole piece puts the mix peak at −1 dBFS; stems are quantized to 16 bit (``--bits 24`` for
+24) and ``mix.flac`` is their exact sum. Trailing silence (every stem below −80 dBFS) is trimmed.
 
 Layout: ``<source>/<piece>/{ch00.flac, ch01.flac, ..., mix.flac, piece.mid, piece.json}``.
 Usage: python scripts/data/build_music_multitrack.py [--limit N] [--max-piece-s 90]
@@ -73,7 +73,8 @@ def first_programs(mf: midi.MidiFile) -> dict[int, int]:
     return out
 
 
-def render_piece(mid_bytes: bytes, piece_dir: Path, work: Path, max_s: float) -> dict | None:
+def render_piece(mid_bytes: bytes, piece_dir: Path, work: Path, max_s: float,
+                 bits: int = 16) -> dict | None:
     """Render one piece's stems and mix into ``piece_dir``; returns its piece.json dict."""
     mf = midi.cap_seconds(midi.separate_tracks(midi.parse_smf(mid_bytes)), max_s)
     chans = midi.note_channels(mf)
@@ -96,25 +97,26 @@ def render_piece(mid_bytes: bytes, piece_dir: Path, work: Path, max_s: float) ->
     stack = stack[:, :n]
     peak = float(np.max(np.abs(stack.sum(0))))
     gain = min(MIX_PEAK / peak, 0.999 / float(np.max(np.abs(stack))))
-    q = np.round(stack * gain * 2 ** 23) / 2 ** 23        # exact on the 24-bit grid
+    scale = 2.0 ** (bits - 1)
+    q = np.round(stack * gain * scale) / scale            # on the file's integer grid: sums exact
     mix = q.sum(0)
     piece_dir.mkdir(parents=True, exist_ok=True)
     programs = first_programs(mf)
     names = []
     for i, ch in enumerate(stems):
         name = f"ch{ch:02d}.flac"
-        _write(piece_dir / name, q[i])
+        _write(piece_dir / name, q[i], bits)
         names.append({"file": name, "channel": ch, "program": programs.get(ch, 0),
                       "drums": ch == 9})
-    _write(piece_dir / "mix.flac", mix)
+    _write(piece_dir / "mix.flac", mix, bits)
     (piece_dir / "piece.mid").write_bytes(midi.write_smf(mf))
-    return {"stems": names, "duration_s": round(n / SAMPLE_RATE, 3), "gain_db":
+    return {"stems": names, "bits": bits, "duration_s": round(n / SAMPLE_RATE, 3), "gain_db":
             round(float(20 * np.log10(gain)), 3), "midi_duration_s": round(midi.duration_s(mf), 3)}
 
 
-def _write(path: Path, audio: np.ndarray) -> None:
+def _write(path: Path, audio: np.ndarray, bits: int) -> None:
     tmp = path.with_name(path.stem + ".part.flac")
-    sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_24", format="FLAC")
+    sf.write(str(tmp), audio, SAMPLE_RATE, subtype=f"PCM_{bits}", format="FLAC")
     os.replace(tmp, path)
 
 
@@ -129,7 +131,7 @@ def render_pieces(pieces: list, out: Path, items: dict, work_dir: Path, args, ma
             info = json.loads(meta_path.read_text())
         else:
             try:
-                info = render_piece(data, piece_dir, work_dir, args.max_piece_s)
+                info = render_piece(data, piece_dir, work_dir, args.max_piece_s, args.bits)
             except (ValueError, IndexError, RuntimeError) as e:
                 log(f"  [{i + 1}/{len(pieces)}] {source}/{name}: skipped ({e})")
                 continue
@@ -145,6 +147,7 @@ def render_pieces(pieces: list, out: Path, items: dict, work_dir: Path, args, ma
                       "sample_rate": SAMPLE_RATE, "channels": 2, "group": group,
                       "stems": [f"{rel_dir}/{s['file']}" for s in info["stems"]],
                       "stem_info": info["stems"], "midi": f"{rel_dir}/piece.mid",
+                      "bits": info.get("bits", 16),
                       "source": src_info, "license": lic}
         if i % 10 == 9:   # partial manifest so a long build is usable while it runs
             manifest()
@@ -181,6 +184,8 @@ def main() -> None:
     ap = parser(__doc__.splitlines()[0])
     ap.add_argument("--max-piece-s", type=float, default=MAX_PIECE_S,
                     help="render at most this many seconds of each piece")
+    ap.add_argument("--bits", type=int, choices=(16, 24), default=16,
+                    help="FLAC sample size of stems and mix (24 doubles the ~15 GB)")
     ap.add_argument("--skip-music21", action="store_true", help="only the Debian sources")
     args = ap.parse_args()
     ensure_apt(["fluidsynth", "fluid-soundfont-gm"])
