@@ -7,9 +7,9 @@ Sources (DESIGN.md §5), unpacked with ``apt-get download`` + ``dpkg-deb -x`` (n
 - ``nexuiz-music``: Ogg Vorbis inside the zip ``usr/share/games/nexuiz/data/music.pk3``.
 
 Files are copied byte for byte (no re-encoding: original codec, sample rate and channels; soundfile
-reads Opus and Vorbis). Files shorter than ``MIN_DURATION_S`` (jingles, a thunder effect) are
-skipped. The split unit (``group``) is the track: versions of one piece (warzone's
-``track3``/``track3_enhanced``, nexuiz's ``sixtyfour_``/``sixtyfour_revisited``, hedgewars'
+reads Opus and Vorbis). Files shorter than ``MIN_DURATION_S`` (20 s) or sampled below
+``MIN_SAMPLE_RATE`` (32 kHz: nexuiz's 11 kHz ``thunder.ogg`` effect) are skipped. The split
+unit (``group``) is the track: versions of one piece (warzone's ``track3``/``track3_enhanced``, nexuiz's ``sixtyfour_``/``sixtyfour_revisited``, hedgewars'
 ``Olympics``/``olympics_sd``) share a group so they never straddle train and validation.
 
 Usage: python scripts/data/build_music_mastered.py [--limit N]
@@ -28,6 +28,7 @@ from common import (audio_info, datasets, load_items, log, package_license, pars
 
 NAME = "music_mastered"
 MIN_DURATION_S = 20.0
+MIN_SAMPLE_RATE = 32000     # nexuiz's thunder.ogg (an 11 kHz sound effect) is not music
 
 
 def _group(source: str, stem: str) -> str:
@@ -68,7 +69,7 @@ def main() -> None:
                 rel = f"{source}/{src.relative_to(root / sub).as_posix()}"
                 _copy(src, out / rel, src.stat().st_size)
                 dur, sr, ch = audio_info(out / rel)
-                if dur < MIN_DURATION_S:
+                if dur < MIN_DURATION_S or sr < MIN_SAMPLE_RATE:
                     (out / rel).unlink()
                     continue
                 items[rel] = {"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
@@ -91,7 +92,7 @@ def main() -> None:
                 if not ((out / rel).is_file() and (out / rel).stat().st_size == size):
                     _copy(z.read(m), out / rel, size)
                 dur, sr, ch = audio_info(out / rel)
-                if dur < MIN_DURATION_S:
+                if dur < MIN_DURATION_S or sr < MIN_SAMPLE_RATE:
                     (out / rel).unlink()
                     continue
                 items[rel] = {"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
