@@ -10,7 +10,8 @@ Files are copied byte for byte (no re-encoding: original codec, sample rate and 
 reads Opus and Vorbis). Files shorter than ``MIN_DURATION_S`` (20 s) or sampled below
 ``MIN_SAMPLE_RATE`` (32 kHz: nexuiz's 11 kHz ``thunder.ogg`` effect) are skipped. The split
 unit (``group``) is the track: versions of one piece (warzone's ``track3``/``track3_enhanced``,
-nexuiz's ``sixtyfour_``/``sixtyfour_revisited``, hedgewars' ``Olympics``/``olympics_sd``) share a group so they never straddle train and validation.
+nexuiz's ``sixtyfour_``/``sixtyfour_revisited``, hedgewars' ``Olympics``/``olympics_sd``) share
+a group so they never straddle train and validation.
 
 Usage: python scripts/data/build_music_mastered.py [--limit N]
 Idempotent and resumable: existing files of the same size are kept; the manifest is rewritten at
