@@ -22,6 +22,7 @@ Prints ``toy_val_loss_start_<strategy>``, ``toy_val_loss_end_<strategy>``,
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -55,14 +56,14 @@ def music_source(rng: np.random.Generator, n_items: int, n_samples: int, split: 
     return np.stack([music_like(rng, SAMPLE_RATE, n_samples, 1)[0] for _ in range(n_items)])
 
 
-def train_toy_proxy(out: Path, steps: int, seed: int, model_config: dict, lr: float) -> Path:
+def train_toy_proxy(out: Path, steps: int, seed: int, model_config: dict, lr: float, time_weight: float) -> Path:
     from afxcli.grad.proxy import train_proxy
 
     path = out / "proxy.pt"
     t0 = time.time()
     _, hist = train_proxy(TOY_CHAIN, SAMPLE_RATE, audio_source=music_source, steps=steps, batch=8,
                           clip_samples=CLIP_SAMPLES, lr=lr, seed=seed, checkpoint_path=path, resume=True,
-                          model_config=model_config, checkpoint_every=50, val_every=100, val_items=16,
+                          model_config=model_config, checkpoint_every=50, val_every=100, val_items=16, time_weight=time_weight,
                           log=lambda m: print(f"proxy {m}", file=sys.stderr, flush=True))
     v = [h for h in hist if "val_rel_mae" in h]
     if v:
@@ -84,6 +85,9 @@ def main() -> int:
     ap.add_argument("--proxy-width", type=int, default=16)
     ap.add_argument("--proxy-kernel", type=int, default=3)
     ap.add_argument("--proxy-dilations", default="1,2,4,8,16,32,64,128,256,512")
+    ap.add_argument("--proxy-gain-db", type=float, default=None,
+                    help="BE-AFX gain output y = g·x with g up to this many dB (default: direct output)")
+    ap.add_argument("--proxy-time-weight", type=float, default=100.0, help="α of the proxy's MR-STFT + α·MAE loss")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hidden-seed", type=int, default=1234)
     ap.add_argument("--out", type=Path, default=Path("runs/toy"))
@@ -108,7 +112,10 @@ def main() -> int:
     if s in ("proxy", "half_hybrid", "full_hybrid"):
         pcfg = {"width": args.proxy_width, "kernel_size": args.proxy_kernel,
                 "dilations": [int(v) for v in args.proxy_dilations.split(",")]}
-        task_options["proxy_path"] = str(train_toy_proxy(out, args.proxy_steps, args.seed, pcfg, args.proxy_lr))
+        if args.proxy_gain_db is not None:
+            pcfg.update(gain_output=True, max_gain_db=args.proxy_gain_db)
+        task_options["proxy_path"] = str(train_toy_proxy(out, args.proxy_steps, args.seed, pcfg, args.proxy_lr,
+                                                          args.proxy_time_weight))
     steps = args.steps or d["steps"]
     config = load_config(None, "toy", {
         "seed": args.seed, "steps": steps, "lr": args.lr or d["lr"], "batch_size": args.batch_size or d["batch_size"],
@@ -120,8 +127,6 @@ def main() -> int:
     res = train(config, out / "run")
     seconds = time.time() - t0
     lines = [x for x in (out / "run" / "log.jsonl").read_text().splitlines() if "val_loss" in x]
-    import json
-
     vals = [json.loads(x) for x in lines]
     start, end = vals[0]["val_loss"], vals[-1]["val_loss"]
     from afxcli.train.tasks import ToyTask
