@@ -292,8 +292,8 @@ def _train(config: dict, out: Path, resume: bool, quiet: bool, progress: bool | 
             bad_vals += 1
         entry = {"step": step, "val_loss": v, "best_val_loss": best_val}
         history.append(entry)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        logf.write(json.dumps(entry) + "\n")
+        logf.flush()
         return v
 
     try:
