@@ -387,6 +387,118 @@ def train(
     print(f"{res.checkpoint} (step {res.step}/{res.steps}, {res.stop_reason}{best})", flush=True)
 
 
+def _side_paths(option: Optional[Path], outs: Sequence[Path], what: str, ext: str) -> list[Optional[Path]]:
+    """Per-output paths for ``--report``/``--plot``/``--trace``: the file itself for one input; for
+    many, ``option`` is a folder receiving ``<output stem><ext>``."""
+    if option is None:
+        return [None] * len(outs)
+    if len(outs) == 1 and not option.is_dir():
+        return [option]
+    if not option.is_dir():
+        raise AfxError(f"{option}: with several inputs, {what} must be an existing folder")
+    return [option / f"{o.stem}{ext}" for o in outs]
+
+
+@app.command("style-transfer")
+def style_transfer_cmd(
+    inputs: List[Path] = typer.Argument(..., metavar="INPUT", help="Audio files or folders of audio files."),
+    ref: Optional[Path] = typer.Option(None, "--ref", "-r", help="Style reference audio."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p",
+                                         help="Adaptive style preset (name or file) or a parameter preset/trace."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Style model: music | speech | checkpoint path."),
+    method: str = typer.Option("model", "--method", help="model | rule-based (DeepAFx-ST §3.3 baseline)."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write the parameter trace (a folder for many inputs)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (single input)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for the outputs (many inputs)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Files processed in parallel (threads; model loaded once)."),
+) -> None:
+    """Give audio files the production style of a reference (or a preset): predicted chain, full length."""
+    from rich.console import Console
+
+    from .tasks.style import StyleContext, params_table, style_transfer_file
+
+    files = expand_inputs(inputs)
+    outs = output_paths(files, output, out_dir, suffix="_style")
+    traces = _side_paths(trace, outs, "--trace", ".trace.json")
+    ctx = StyleContext(ref=ref, preset=preset, model=model, method=method)
+    console = Console()
+
+    def one(item: tuple[Path, Path, Optional[Path]]):
+        return style_transfer_file(item[0], item[1], ctx, trace_path=item[2])
+
+    results, failures = run_each(list(zip(files, outs, traces)), one, jobs=jobs, description="style transfer")
+    for res in results:
+        if res is None:
+            continue
+        console.print(params_table(res))
+        for n in res.notes:
+            note(f"{res.input}: {n}")
+        note(f"{res.input} -> {res.output}: {res.sample_rate} Hz, {res.channels} ch, {res.seconds:.2f} s"
+             + (f", trace {res.trace}" if res.trace else ""))
+    finish_batch(failures, len(files))
+
+
+@app.command()
+def master(
+    inputs: List[Path] = typer.Argument(..., metavar="INPUT", help="Audio files or folders of audio files."),
+    ref: Optional[Path] = typer.Option(None, "--ref", "-r", help="Reference master to match."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p",
+                                         help="Loudness target (streaming, podcast, club, broadcast, apple, ...), "
+                                              "adaptive style preset or parameter preset."),
+    lufs: Optional[float] = typer.Option(None, "--lufs", help="Integrated loudness target (overrides ref/preset)."),
+    ceiling: Optional[float] = typer.Option(None, "--ceiling", help="True-peak ceiling in dBTP (default -1.0)."),
+    method: str = typer.Option("auto", "--method", help="auto | model | rule-based."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Style model checkpoint (default: shipped music model)."),
+    refine_steps: int = typer.Option(0, "--refine", help="Gradient steps refining the chain against the reference."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the spectra (a folder for many inputs)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report (a folder for many inputs)."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write the parameter trace (a folder for many inputs)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (single input)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for the outputs (many inputs)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Files processed in parallel (threads; model loaded once)."),
+) -> None:
+    """Master audio files: EQ -> compressor -> loudness -> true-peak limiter, matched to a reference or a target."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .tasks.master import MasterContext, master_file
+
+    files = expand_inputs(inputs)
+    outs = output_paths(files, output, out_dir, suffix="_master")
+    reports = _side_paths(report, outs, "--report", ".report.json")
+    plots = _side_paths(plot, outs, "--plot", ".png")
+    traces = _side_paths(trace, outs, "--trace", ".trace.json")
+    ctx = MasterContext(ref=ref, preset=preset, lufs=lufs, ceiling=ceiling, method=method, model=model,
+                        refine_steps=refine_steps)
+
+    def one(item):
+        inp, out, rep, plt, trc = item
+        return master_file(inp, out, ctx, report_path=rep, plot_path=plt, trace_path=trc)
+
+    results, failures = run_each(list(zip(files, outs, reports, plots, traces)), one, jobs=jobs,
+                                 description="mastering")
+    table = Table(title=f"afx master ({ctx.method}; target {ctx.target_lufs:.1f} LUFS from {ctx.target_source}, "
+                        f"ceiling {ctx.ceiling:.1f} dBTP)")
+    for col in ("file", "in LUFS", "out LUFS", "out dBTP", "in crest", "out crest", "refine gain", "status"):
+        table.add_column(col, justify="left" if col in ("file", "status") else "right")
+    for inp, res in zip(files, results):
+        if res is None:
+            table.add_row(str(inp), "", "", "", "", "", "", "failed")
+            continue
+        r = res.report
+        ref_gain = r["refine"]["gain_db"] if r.get("refine") else None
+        fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+        status = "ok" if r["loudness"]["reached"] else "target missed"
+        table.add_row(str(res.output), fmt(r["input"]["lufs"]), fmt(r["output"]["lufs"]),
+                      fmt(r["output"]["true_peak_dbtp"]), fmt(r["input"]["crest_db"]), fmt(r["output"]["crest_db"]),
+                      fmt(ref_gain), status)
+        for n in res.notes:
+            note(f"{res.input}: {n}")
+    if not STATE.quiet:
+        Console(stderr=True).print(table)
+    finish_batch(failures, len(files))
+
+
 # ---------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------

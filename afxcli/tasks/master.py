@@ -1,0 +1,325 @@
+"""Mastering (``afx master``): EQ → compressor → loudness gain → true-peak brickwall limiter.
+
+Flow per file (DeepAFx §3.3 mastering chain idea; DeepAFx-ST for the parameters):
+
+1. parameters: the style model's chain (EQ → compressor …) predicted from the input and the
+   reference embeddings (or an adaptive preset's embedding), **or** the DeepAFx-ST §3.3 rule-based
+   baseline (matched FIR EQ, compressor threshold lowered until the loudness matches), **or** a
+   parameter preset (afx trace/preset JSON), **or** none (loudness only);
+2. optional ``--refine N``: N Adam steps on the chain's normalized parameters through the torch
+   twins against the reference's features (:mod:`afxcli.tasks.refine`);
+3. one pedalboard render of the chain up to the limiter on the whole file at its own rate;
+4. the loudness stage (:func:`afxcli.tasks.loudness.match_loudness`): gain to the target (the
+   reference's integrated loudness, a loudness preset's target or ``--lufs``) and the true-peak
+   limiter at the ceiling, iterated; the ceiling is never exceeded;
+5. output file, JSON report (levels of input/output/reference, the chain settings, loudness-stage
+   and refinement figures), optional PNG plot and parameter trace.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AfxError
+from .loudness import (DEFAULT_CEILING_DBTP, DEFAULT_TARGET_LUFS, LoudnessPreset, check_target,
+                       is_loudness_preset, load_loudness_preset, match_loudness)
+
+METHODS = ("auto", "model", "rule-based")
+#: Labels of the two stages afx appends to every mastering chain.
+LOUDNESS_LABEL = "loudness"
+LIMITER_LABEL = "ceiling"
+
+
+def master_chain_spec(effects: list[dict], ceiling_dbtp: float) -> dict:
+    """``effects`` (chain entries) + a fixed loudness gain + a true-peak limiter with a fixed ceiling."""
+    return {"effects": [*effects,
+                        {"type": "gain", "label": LOUDNESS_LABEL, "fixed": {"gain_db": 0.0}},
+                        {"type": "limiter", "label": LIMITER_LABEL, "options": {"true_peak": True},
+                         "fixed": {"ceiling_db": float(ceiling_dbtp)}}]}
+
+
+@dataclass
+class MasterResult:
+    input: Path
+    output: Path
+    sample_rate: int
+    channels: int
+    seconds: float
+    method: str
+    report: dict
+    notes: list[str] = field(default_factory=list)
+
+
+class MasterContext:
+    """Shared by every file of a batch: reference (read, measured and embedded once), presets,
+    model (loaded once), targets. Thread-safe."""
+
+    def __init__(self, ref: Path | None = None, preset: str | None = None, lufs: float | None = None,
+                 ceiling: float | None = None, method: str = "auto", model: str | Path | None = None,
+                 refine_steps: int = 0) -> None:
+        from ..audio import read_audio
+        from .style import (DEFAULT_MODELS, StylePredictor, is_style_preset, load_style_preset,
+                            resolve_model_path, resolve_preset_path)
+
+        if method not in METHODS:
+            raise AfxError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+        if refine_steps < 0:
+            raise AfxError(f"--refine must be ≥ 0 steps, got {refine_steps}")
+        self.ref_path = Path(ref) if ref is not None else None
+        self.ref_audio, self.ref_sr = read_audio(ref) if ref is not None else (None, None)
+        self.loudness_preset: LoudnessPreset | None = None
+        self.style_preset = None
+        self.param_preset: Path | None = None
+        if preset is not None:
+            if is_loudness_preset(preset):
+                self.loudness_preset = load_loudness_preset(preset)
+            else:
+                p = resolve_preset_path(preset, ("loudness", "music", "speech", ""))
+                try:
+                    data = json.loads(p.read_text())
+                except (OSError, ValueError) as e:
+                    raise AfxError(f"{p}: cannot read preset ({type(e).__name__})") from None
+                if is_style_preset(data):
+                    self.style_preset = load_style_preset(p)
+                else:
+                    from .export import load_preset
+
+                    load_preset(p)
+                    self.param_preset = p
+        self.ceiling = float(ceiling) if ceiling is not None else (
+            self.loudness_preset.ceiling_dbtp if self.loudness_preset else DEFAULT_CEILING_DBTP)
+        self.lufs_override = float(lufs) if lufs is not None else None
+        check_target(self.lufs_override if lufs is not None else -14.0, self.ceiling)
+        self.ref_lufs = None
+        if self.ref_audio is not None:
+            from ..metrics import lufs as measure
+
+            self.ref_lufs = measure(self.ref_audio, self.ref_sr)
+            if not math.isfinite(self.ref_lufs):
+                raise AfxError(f"{self.ref_path}: reference is silent or shorter than 0.4 s")
+        has_style = self.ref_audio is not None or self.style_preset is not None
+        if method == "auto":
+            if self.param_preset is not None or not has_style:
+                method = "none"
+            elif model is not None or DEFAULT_MODELS["music"].exists() or self.style_preset is not None:
+                method = "model"
+            else:
+                method = "rule-based"
+        elif self.param_preset is not None:
+            raise AfxError("a parameter preset is rendered as it is; leave out --method")
+        elif method == "rule-based" and self.ref_audio is None:
+            raise AfxError("--method rule-based needs --ref REF")
+        elif method == "model" and not has_style:
+            raise AfxError("--method model needs --ref REF or an adaptive style preset")
+        if self.param_preset is not None:
+            method = "preset"
+        self.method = method
+        self.refine_steps = int(refine_steps)
+        if self.refine_steps and self.ref_audio is None:
+            raise AfxError("--refine needs --ref REF (it matches the reference's features)")
+        self.predictor = StylePredictor.load(resolve_model_path(model, "music")) if method == "model" else None
+        if self.style_preset is not None and self.predictor is not None \
+                and self.style_preset.embedding.size != self.predictor.embed_dim:
+            raise AfxError(f"{self.style_preset.path}: embedding made with another model")
+        self._ref_embedding = None
+        self._ref_features = {}
+        self._lock = threading.Lock()
+
+    @property
+    def target_lufs(self) -> float:
+        if self.lufs_override is not None:
+            return self.lufs_override
+        if self.loudness_preset is not None:
+            return self.loudness_preset.target_lufs
+        if self.ref_lufs is not None:
+            return float(np.clip(self.ref_lufs, -70.0, 0.0))
+        return DEFAULT_TARGET_LUFS
+
+    @property
+    def target_source(self) -> str:
+        if self.lufs_override is not None:
+            return "--lufs"
+        if self.loudness_preset is not None:
+            return f"preset {self.loudness_preset.name}"
+        if self.ref_lufs is not None:
+            return "reference"
+        return "default (streaming)"
+
+    def reference_embedding(self) -> np.ndarray:
+        if self.style_preset is not None:
+            return self.style_preset.embedding
+        with self._lock:
+            if self._ref_embedding is None:
+                self._ref_embedding = self.predictor.embed(self.ref_audio, self.ref_sr)
+            return self._ref_embedding
+
+    def reference_features(self, max_hz: float):
+        from .refine import recording_features
+
+        key = round(max_hz)
+        with self._lock:
+            if key not in self._ref_features:
+                self._ref_features[key] = recording_features(self.ref_audio, self.ref_sr, max_hz)
+            return self._ref_features[key]
+
+
+def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: list[str]):
+    """(chain, per-effect values, pre-processing FIR or None, description) for this file."""
+    from ..effects.chain import Chain, normalize_spec
+
+    fir, described = None, {}
+    if ctx.method == "model":
+        pred = ctx.predictor
+        model_effects = normalize_spec(pred.chain_spec)["effects"]
+        chain = Chain(master_chain_spec(model_effects, ctx.ceiling), sr)
+        q = pred.predict_normalized(pred.embed(audio, sr), ctx.reference_embedding())
+        values = pred.values(q, chain) + [dict(v) for v in chain.base_values()[len(model_effects):]]
+        described = {"model_id": pred.model_id, "model": str(pred.path) if pred.path else None}
+    elif ctx.method == "rule-based":
+        from .rulebased import design_matched_eq, search_threshold
+
+        fir = design_matched_eq(audio, sr, ctx.ref_audio, ctx.ref_sr)
+        search = search_threshold(fir.apply(audio), sr, float(ctx.ref_lufs))
+        chain = Chain(master_chain_spec([{"type": "compressor"}], ctx.ceiling), sr)
+        values = [dict(search.values)] + [dict(v) for v in chain.base_values()[1:]]
+        described = {"fir_eq": {"taps": int(fir.taps.size), "band_gains_db": fir.band_gains_db()},
+                     "compressor_search": {"evaluations": search.evaluations, "lufs": round(search.lufs, 3),
+                                           "toward_lufs": round(float(ctx.ref_lufs), 3)}}
+    elif ctx.method == "preset":
+        from .export import load_preset
+        from .render import fit_trace
+
+        spec, trace = load_preset(ctx.param_preset)
+        effects = [e for e in spec["effects"]]
+        chain = Chain(master_chain_spec(effects, ctx.ceiling), sr)
+        trace, clipped = fit_trace(trace, Chain(spec, sr))
+        if clipped:
+            notes.append(f"preset values clipped to this rate's ranges: {', '.join(clipped)}")
+        flat = trace.frame_values(0) if trace.is_static else trace.reduce("median")
+        if not trace.is_static:
+            notes.append("time-varying preset reduced to its median setting")
+        values = Chain(spec, sr).values_from_flat(flat) + [dict(v) for v in chain.base_values()[len(effects):]]
+        described = {"preset": str(ctx.param_preset)}
+    else:
+        chain = Chain(master_chain_spec([], ctx.ceiling)["effects"][1:], sr)  # limiter only
+        values = chain.base_values()
+    return chain, values, fir, described
+
+
+def _render_until_limiter(chain, values, audio: np.ndarray) -> np.ndarray:
+    """Render every effect before the final limiter (and the loudness gain) with pedalboard."""
+    from ..render import render_effect
+
+    y = np.ascontiguousarray(audio, dtype=np.float32)
+    for lab, fx, v in zip(chain.labels, chain.effects, values):
+        if lab in (LOUDNESS_LABEL, LIMITER_LABEL):
+            continue
+        y = render_effect(fx, y, v)
+    return y
+
+
+def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_path: Path | None = None,
+                plot_path: Path | None = None, trace_path: Path | None = None) -> MasterResult:
+    """Master one file (whole length, own rate); write the output (and report/plot/trace) atomically."""
+    from ..audio import read_audio, write_audio
+    from ..effects.chain import Chain
+    from ..metrics import lufs as measure_lufs
+    from ..trace import ParameterTrace, units_of
+    from .report import levels, plot_master, smoothed_spectrum_db, write_report
+
+    t0 = time.perf_counter()
+    audio, sr = read_audio(input_path)
+    in_lufs = measure_lufs(audio, sr)
+    if math.isnan(in_lufs):
+        raise AfxError("too short to master (needs at least 0.4 s)")
+    if not math.isfinite(in_lufs):
+        raise AfxError("input is silent")
+    notes: list[str] = []
+    chain, values, fir, described = _chain_and_values(audio, sr, ctx, notes)
+    t_params = time.perf_counter()
+    x = fir.apply(audio) if fir is not None else audio
+    refine_info = None
+    if ctx.refine_steps:
+        from .refine import refine
+
+        max_hz = 0.95 * min(sr, ctx.ref_sr) / 2
+        res = refine(chain, values, x, sr, ctx.reference_features(max_hz), ctx.refine_steps)
+        values = [dict(v) for v in res.values_after]
+        refine_info = res.to_dict()
+    t_refine = time.perf_counter()
+    pre = _render_until_limiter(chain, values, x)
+    lim_index = chain.labels.index(LIMITER_LABEL)
+    loud = match_loudness(pre, sr, ctx.target_lufs, ctx.ceiling,
+                          release_ms=float(values[lim_index]["release_ms"]))
+    notes.extend(loud.notes)
+    y = loud.audio
+    if not np.all(np.isfinite(y)):
+        raise AfxError("render produced non-finite samples")
+    write_audio(output_path, y, sr)
+    t_render = time.perf_counter()
+
+    # settings actually used: loudness gain and the limiter's (possibly lowered) ceiling
+    used = [dict(v) for v in values]
+    if LOUDNESS_LABEL in chain.labels:
+        used[chain.labels.index(LOUDNESS_LABEL)]["gain_db"] = float(np.clip(loud.gain_db, -24.0, 24.0))
+        if abs(loud.gain_db) > 24.0:
+            notes.append(f"loudness gain {loud.gain_db:.1f} dB is outside the gain effect's ±24 dB: "
+                         "the trace does not reproduce it exactly")
+    used[lim_index]["ceiling_db"] = float(np.clip(loud.limiter_ceiling_db, -24.0, 0.0))
+    flat = Chain.flatten(chain.labels, used)
+    units = units_of(chain)
+    report = {
+        "input": {"file": str(input_path), **levels(audio, sr, lufs_value=in_lufs)},
+        "output": {"file": str(output_path), "lufs": round(loud.output_lufs, 4),
+                   "true_peak_dbtp": round(loud.true_peak_dbtp, 4),
+                   "crest_db": levels(y, sr, lufs_value=loud.output_lufs, true_peak=loud.true_peak_dbtp)["crest_db"]},
+        "reference": ({"file": str(ctx.ref_path), **levels(ctx.ref_audio, ctx.ref_sr, lufs_value=ctx.ref_lufs)}
+                      if ctx.ref_audio is not None else None),
+        "sample_rate": sr, "channels": int(audio.shape[0]), "seconds": round(audio.shape[1] / sr, 4),
+        "method": ctx.method,
+        "target_lufs": ctx.target_lufs, "target_source": ctx.target_source, "ceiling_dbtp": ctx.ceiling,
+        "loudness": loud.to_dict(),
+        "chain": {"spec": chain.spec, "values": flat, "units": units, **described},
+        "refine": refine_info,
+        "notes": notes,
+        "timing_s": {"parameters": round(t_params - t0, 3), "refine": round(t_refine - t_params, 3),
+                     "render_and_loudness": round(t_render - t_refine, 3)},
+    }
+    if ctx.ref_audio is not None:
+        from .refine import distance, recording_features
+
+        max_hz = 0.95 * min(sr, ctx.ref_sr) / 2
+        ref_f = ctx.reference_features(max_hz)
+        report["feature_distance_db"] = {
+            "input": round(float(distance(recording_features(audio, sr, max_hz), ref_f)), 4),
+            "output": round(float(distance(recording_features(y, sr, max_hz), ref_f)), 4)}
+    if trace_path is not None:
+        tr = ParameterTrace.static(chain.spec, flat, sr, units=units)
+        tr.n_samples = int(audio.shape[1])
+        tr.description = (f"afx master ({ctx.method}) of {Path(input_path).name}"
+                          + (" after a matched FIR EQ that is not part of this chain" if fir is not None else ""))
+        tr.save(trace_path)
+        report["trace"] = str(trace_path)
+    if plot_path is not None:
+        spectra = {"input": (*smoothed_spectrum_db(audio, sr), in_lufs)}
+        if ctx.ref_audio is not None:
+            spectra["reference"] = (*smoothed_spectrum_db(ctx.ref_audio, ctx.ref_sr), ctx.ref_lufs)
+        spectra["output"] = (*smoothed_spectrum_db(y, sr), loud.output_lufs)
+        settings = {"method": ctx.method, "target": f"{ctx.target_lufs:.1f} LUFS ({ctx.target_source})",
+                    "output": f"{loud.output_lufs:.2f} LUFS, {loud.true_peak_dbtp:.2f} dBTP"}
+        settings.update({k: f"{v:.3g} {units.get(k, '')}".rstrip() for k, v in flat.items()
+                         if not k.startswith("eq.") or k.endswith("gain_db")})
+        if fir is not None:
+            settings["fir eq"] = " ".join(f"{k}:{v:+.0f}" for k, v in list(fir.band_gains_db().items())[::3])
+        plot_master(plot_path, spectra, f"afx master: {Path(input_path).name}", None, settings)
+        report["plot"] = str(plot_path)
+    if report_path is not None:
+        write_report(report_path, report)
+    return MasterResult(Path(input_path), Path(output_path), sr, int(y.shape[0]), y.shape[1] / sr,
+                        ctx.method, report, notes)

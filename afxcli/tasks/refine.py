@@ -1,0 +1,199 @@
+"""Reference features and test-time refinement of chain parameters (``afx master --refine N``).
+
+Features (one vector per recording, computed the same way in torch for the gradient and for
+reporting): from excerpts ``(segments, channels, samples)`` of the recording,
+
+- ``bands_db``: average power spectrum (Hann STFT, ~46 ms frames, mean over frames, channels and
+  segments) in 1/3-octave bands (ISO 266 centers 25 Hz–16 kHz, below 0.95 × the lower Nyquist), dB;
+- ``loudness_db``: K-weighted mean power in dB (the BS.1770-4 pre-filter and RLB high-pass as a
+  magnitude response on the STFT bins, no gating — a smooth stand-in for integrated LUFS);
+- ``crest_db``: mean over segments of ``20·log10(peak / RMS)``.
+
+Distance (dB): ``mean_b |Δbands_b − mean(Δbands)| + 0.5·|Δloudness| + 0.5·|Δcrest|`` (spectral shape,
+level and dynamics kept apart so none swamps the others).
+
+Refinement: N steps of Adam on the chain's normalized free parameters (BE-AFX eqs. 7–8 mapping)
+through the torch twins (automatic differentiation; DeepAFx-ST's AD path), starting from the
+prediction, minimizing the feature distance of the chain's output on a few excerpts of the input to
+the reference's features. The gain is measured honestly with the real (pedalboard) render of the
+same excerpts before and after; the refined setting is kept only if that distance went down.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import AfxError
+from .rulebased import THIRD_OCTAVE_HZ
+
+#: Excerpt length (seconds) and counts used for features.
+SEGMENT_SECONDS = 0.75
+REF_SEGMENTS = 24
+REFINE_SEGMENTS = 4
+
+
+@dataclass
+class Features:
+    bands_db: torch.Tensor      # (n_bands,)
+    loudness_db: torch.Tensor   # ()
+    crest_db: torch.Tensor      # ()
+    centers_hz: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"bands_db": {f"{c:.0f}Hz": round(float(v), 2) for c, v in zip(self.centers_hz, self.bands_db)},
+                "loudness_db": round(float(self.loudness_db), 3), "crest_db": round(float(self.crest_db), 3)}
+
+
+def segments(audio: np.ndarray, sample_rate: float, count: int, seconds: float = SEGMENT_SECONDS) -> np.ndarray:
+    """``count`` evenly spaced excerpts of ``seconds`` from ``audio`` ``(channels, samples)`` →
+    ``(k, channels, seg)`` (fewer when the file is short; the whole file as one when shorter than one)."""
+    n = audio.shape[-1]
+    seg = int(round(seconds * sample_rate))
+    if n <= seg:
+        return np.asarray(audio, dtype=np.float32)[None]
+    k = max(1, min(count, n // seg))
+    starts = np.linspace(0, n - seg, k).astype(int)
+    return np.stack([audio[:, s:s + seg] for s in starts]).astype(np.float32)
+
+
+def _n_fft(sample_rate: float) -> int:
+    return int(2 ** round(math.log2(0.046 * sample_rate)))
+
+
+def _k_weighting_power(sample_rate: float, n_fft: int) -> np.ndarray:
+    """|H_K(f)|² of the BS.1770-4 K-weighting (pyloudnorm's two biquads at this rate) on rfft bins."""
+    import pyloudnorm
+    from scipy.signal import freqz
+
+    meter = pyloudnorm.Meter(int(round(sample_rate)))
+    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    h = np.ones_like(f, dtype=np.complex128)
+    for flt in meter._filters.values():
+        _, resp = freqz(flt.b, flt.a, worN=f, fs=sample_rate)
+        h = h * resp * flt.passband_gain
+    return np.abs(h) ** 2
+
+
+def _band_matrix(sample_rate: float, n_fft: int, max_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    half = 2.0 ** (1.0 / 6.0)
+    centers = THIRD_OCTAVE_HZ[THIRD_OCTAVE_HZ * half < max_hz]
+    m = ((f[None, :] >= centers[:, None] / half) & (f[None, :] < centers[:, None] * half)).astype(np.float64)
+    keep = m.sum(axis=1) > 0
+    m, centers = m[keep], centers[keep]
+    return m / m.sum(axis=1, keepdims=True), centers
+
+
+def features(x: torch.Tensor, sample_rate: float, max_hz: float | None = None) -> Features:
+    """Features of excerpts ``x`` ``(segments, channels, samples)`` (see module notes); differentiable."""
+    sr = float(sample_rate)
+    n_fft = _n_fft(sr)
+    max_hz = min(0.95 * sr / 2, max_hz or sr / 2)
+    b, c, n = x.shape
+    flat = x.reshape(b * c, n)
+    if n < n_fft:
+        flat = torch.nn.functional.pad(flat, (0, n_fft - n))
+    win = torch.hann_window(n_fft, dtype=x.dtype, device=x.device)
+    spec = torch.stft(flat, n_fft, hop_length=n_fft // 2, window=win, center=False, return_complex=True)
+    power = spec.real ** 2 + spec.imag ** 2                      # (b*c, bins, frames)
+    scale = 2.0 / float((win ** 2).sum() * n_fft) * n_fft        # mean-square per sample, one-sided
+    mean_power = power.mean(dim=(0, 2)) * scale                  # (bins,)
+    m, centers = _band_matrix(sr, n_fft, max_hz)
+    bands = torch.from_numpy(m).to(x.dtype) @ mean_power
+    kw = torch.from_numpy(_k_weighting_power(sr, n_fft)).to(x.dtype)
+    loud = 10.0 * torch.log10((mean_power * kw).sum() / n_fft + 1e-12) - 0.691
+    peak = x.abs().amax(dim=(1, 2))
+    rms = torch.sqrt((x * x).mean(dim=(1, 2)) + 1e-12)
+    crest = (20.0 * torch.log10(peak / rms + 1e-12)).mean()
+    return Features(10.0 * torch.log10(bands + 1e-12), loud, crest, centers)
+
+
+def recording_features(audio: np.ndarray, sample_rate: float, max_hz: float | None = None,
+                       count: int = REF_SEGMENTS) -> Features:
+    """Features of a whole recording ``(channels, samples)`` from ``count`` spread excerpts."""
+    with torch.no_grad():
+        return features(torch.from_numpy(segments(audio, sample_rate, count)), sample_rate, max_hz)
+
+
+def distance(a: Features, b: Features) -> torch.Tensor:
+    """Feature distance (dB) of two recordings; the bands are matched by center frequency."""
+    common = [i for i, c in enumerate(a.centers_hz) if c in set(b.centers_hz.tolist())]
+    jb = [int(np.flatnonzero(b.centers_hz == a.centers_hz[i])[0]) for i in common]
+    d = a.bands_db[common] - b.bands_db[jb].to(a.bands_db.dtype)
+    shape = (d - d.mean()).abs().mean()
+    return shape + 0.5 * (a.loudness_db - b.loudness_db).abs() + 0.5 * (a.crest_db - b.crest_db).abs()
+
+
+@dataclass
+class RefineResult:
+    values_before: list[dict[str, float]]
+    values_after: list[dict[str, float]]
+    distance_before: float       # pedalboard render of the excerpts, dB
+    distance_after: float        # of the refined setting (used only when ``kept``)
+    steps: int
+    kept: bool                   # refined values used (they lowered the distance)
+    loss_history: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "feature_distance_before_db": round(self.distance_before, 4),
+                "feature_distance_after_db": round(self.distance_after, 4),
+                "gain_db": round(self.distance_before - self.distance_after, 4), "kept": self.kept,
+                "torch_loss_history_db": [round(v, 4) for v in self.loss_history]}
+
+
+def _render_excerpts(chain, x: np.ndarray, values: Sequence[Mapping[str, float]]) -> torch.Tensor:
+    from ..render import render_chain
+
+    return torch.from_numpy(np.stack([render_chain(chain, seg, list(values)) for seg in x]))
+
+
+def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, sample_rate: float,
+           ref: Features, steps: int, lr: float = 0.05, count: int = REFINE_SEGMENTS) -> RefineResult:
+    """``steps`` Adam steps on ``chain``'s normalized free parameters from ``values`` (per effect,
+    physical) so that the chain's output on excerpts of ``audio`` ``(channels, samples)`` (at
+    ``sample_rate`` = ``chain.sample_rate``) comes closer to the reference features ``ref``."""
+    if steps < 0:
+        raise AfxError(f"--refine must be ≥ 0 steps, got {steps}")
+    if not chain.differentiable:
+        raise AfxError("--refine needs a differentiable chain (torch twins for every effect)")
+    x = segments(audio, sample_rate, count)
+    max_hz = float(ref.centers_hz.max()) * 2.0 ** (1 / 6) + 1.0
+    values = [dict(v) for v in values]
+    with torch.no_grad():
+        d_before = float(distance(features(_render_excerpts(chain, x, values), sample_rate, max_hz), ref))
+    q = chain.normalize_values(values).clamp(0.0, 1.0).to(torch.float32).requires_grad_(True)
+    opt = torch.optim.Adam([q], lr=lr)
+    xt = torch.from_numpy(x)
+    history: list[float] = []
+    best_q, best_loss = q.detach().clone(), math.inf
+    for _ in range(int(steps)):
+        opt.zero_grad()
+        y = chain(xt, q.expand(xt.shape[0], -1), mode="train")
+        loss = distance(features(y, sample_rate, max_hz), ref)
+        value = float(loss.detach())
+        history.append(value)
+        if value < best_loss:
+            best_loss, best_q = value, q.detach().clone()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            q.clamp_(0.0, 1.0)
+    if steps:
+        with torch.no_grad():
+            y = chain(xt, q.expand(xt.shape[0], -1), mode="train")
+            last = float(distance(features(y, sample_rate, max_hz), ref))
+        history.append(last)
+        if last < best_loss:
+            best_q = q.detach().clone()
+    with torch.no_grad():
+        phys = chain.denormalize(best_q.to(torch.float64))
+    after = [{n: float(p[0, j]) for j, n in enumerate(fx.param_names)} for fx, p in zip(chain.effects, phys)]
+    after = [fx.check_values(v) for fx, v in zip(chain.effects, after)]
+    with torch.no_grad():
+        d_after = float(distance(features(_render_excerpts(chain, x, after), sample_rate, max_hz), ref)) if steps else d_before
+    kept = d_after < d_before
+    return RefineResult(values, after if kept else values, d_before, d_after, int(steps), kept, history)

@@ -1,0 +1,409 @@
+"""Style transfer (``afx style-transfer``): DeepAFx-ST inference on whole files.
+
+audio → mono analysis copy at the model rate → shared encoder, long files by windows averaged
+(:meth:`Analyzer.embed_windows`) → embedding of the input and of the reference (or an adaptive
+preset's stored embedding) → controller → normalized chain parameters → physical values (denormalized
+with the chain at the model rate, where the model learned them, then clipped into the ranges at the
+file's rate) → pedalboard render of the chain at the file's own rate, full length → audio (+ trace).
+
+:class:`StylePredictor` is the small interface the commands use: ``StylePredictor.load(path)``,
+``embed(audio, sr)``, ``predict(input_audio, input_sr, ref_audio, ref_sr)`` → per-effect values.
+It loads a checkpoint of the ``style`` training task through
+:func:`afxcli.train.checkpoint.load_for_inference`; while no ``style`` task is registered it
+rebuilds the :class:`~afxcli.nn.StyleModel` from the checkpoint's config itself
+(:func:`build_style_model`: ``data.sample_rate`` and ``task_options`` frontend/encoder/options/hidden,
+the convention of the other audio tasks).
+
+Adaptive presets (``"format": "afx-style-preset"``): a stored style embedding with a description
+and the id of the model that made it, used in place of a reference embedding.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import AfxError
+
+STYLE_PRESET_FORMAT = "afx-style-preset"
+STYLE_PRESET_VERSION = 1
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
+#: Shipped models by name (``--model music``); trained by ``scripts/train_style.py``.
+DEFAULT_MODELS = {"music": MODELS_DIR / "style_music.pt", "speech": MODELS_DIR / "style_speech.pt"}
+#: Analysis window when the checkpoint does not say how long its training clips were.
+DEFAULT_WINDOW_SECONDS = 5.0
+
+
+# ------------------------------------------------------------------------------------------------
+# model
+# ------------------------------------------------------------------------------------------------
+def build_style_model(config: dict, chain_spec: dict) -> torch.nn.Module:
+    """A :class:`~afxcli.nn.StyleModel` from a checkpoint config (``data.sample_rate``;
+    ``task_options``: ``frontend``, ``encoder``, ``frontend_options``, ``encoder_options``, ``hidden``)."""
+    from ..effects.chain import Chain
+    from ..nn import StyleModel, make_analyzer
+
+    try:
+        d, o = config["data"], config.get("task_options", {})
+        sr = float(d["sample_rate"])
+        analyzer = make_analyzer(o.get("frontend", "logmel"), o.get("encoder", "mobilenet"), sr,
+                                 o.get("frontend_options") or {}, **(o.get("encoder_options") or {}))
+        return StyleModel(analyzer, Chain(chain_spec, sr).n_free, tuple(o.get("hidden", (256, 256))))
+    except (KeyError, TypeError, ValueError) as e:
+        raise AfxError(f"style checkpoint config: {' '.join(str(e).split())}") from None
+
+
+def save_style_checkpoint(path: str | Path, model: torch.nn.Module, chain_spec: dict, config: dict) -> Path:
+    """Write ``model`` as a ``style``-task checkpoint readable by :meth:`StylePredictor.load`."""
+    from ..train.checkpoint import save_checkpoint
+
+    return save_checkpoint(path, {"task": "style", "config": config, "chain_spec": chain_spec,
+                                  "model_state": model.state_dict(), "step": 0})
+
+
+def resolve_model_path(model: str | Path | None, kind: str = "music") -> Path:
+    """``None`` → the shipped model of ``kind``; ``music``/``speech`` → that shipped model; else a path."""
+    if model is None:
+        model = kind
+    p = DEFAULT_MODELS.get(str(model), Path(model))
+    if not p.exists():
+        hint = " (the shipped models are trained by scripts/train_style.py; or use --method rule-based)" \
+            if str(model) in DEFAULT_MODELS else ""
+        raise AfxError(f"{p}: no such model{hint}")
+    return p
+
+
+def _file_id(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+class StylePredictor:
+    """A loaded style model with its chain: embeddings and per-effect values for whole files."""
+
+    def __init__(self, model: torch.nn.Module, chain_spec: dict, config: dict, model_id: str = "",
+                 path: Path | None = None) -> None:
+        from ..effects.chain import Chain
+
+        if chain_spec is None:
+            raise AfxError("style model checkpoint has no chain spec")
+        self.model = model.eval()
+        self.chain_spec = chain_spec
+        self.config = config or {}
+        self.model_id = model_id
+        self.path = path
+        self.model_chain = Chain(chain_spec, self.sample_rate)
+        if self.model_chain.n_free != int(model.n_params):
+            raise AfxError(f"style model predicts {model.n_params} parameters, its chain has "
+                           f"{self.model_chain.n_free} free ones")
+        clip = (self.config.get("data") or {}).get("clip_samples")
+        self.window_samples = int(clip) if clip else int(DEFAULT_WINDOW_SECONDS * self.sample_rate)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "StylePredictor":
+        from ..train.checkpoint import load_checkpoint, load_for_inference
+        from ..train.tasks import TASKS
+
+        p = Path(path)
+        data = load_checkpoint(p)
+        task = str(data.get("task"))
+        if task in TASKS:
+            model, spec, config = load_for_inference(p)
+        elif task == "style":
+            spec, config = data.get("chain_spec"), data.get("config") or {}
+            model = build_style_model(config, spec)
+            try:
+                model.load_state_dict(data["model_state"])
+            except (RuntimeError, KeyError) as e:
+                raise AfxError(f"{p}: weights do not fit the style model ({' '.join(str(e).split())[:200]})") from None
+        else:
+            raise AfxError(f"{p}: a {task!r} checkpoint, not a style model")
+        if not hasattr(model, "analyzer") or not hasattr(model, "controller"):
+            raise AfxError(f"{p}: not a style model (no analyzer/controller)")
+        return cls(model, spec, config, _file_id(p), p)
+
+    @property
+    def sample_rate(self) -> float:
+        return float(self.model.sample_rate)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.analyzer.embed_dim)
+
+    def embed(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        """Style embedding ``(embed_dim,)`` of a whole recording ``(channels, samples)``: resampled
+        to the model rate, analyzed by windows and averaged."""
+        from ..audio import resample
+
+        x = resample(np.asarray(audio, dtype=np.float32), sample_rate, self.sample_rate)
+        with self._lock, torch.no_grad():  # one analysis at a time keeps torch's threads for it
+            e = self.model.analyzer.embed_windows(torch.from_numpy(np.ascontiguousarray(x))[None],
+                                                  self.window_samples)
+        return e[0].numpy().astype(np.float64)
+
+    def predict_normalized(self, e_input: np.ndarray, e_reference: np.ndarray) -> np.ndarray:
+        """Controller on two embeddings → normalized free parameters ``(n_free,)`` in (0, 1)."""
+        e_i = torch.as_tensor(np.asarray(e_input), dtype=torch.float32)[None]
+        e_r = torch.as_tensor(np.asarray(e_reference), dtype=torch.float32)[None]
+        if e_i.shape != e_r.shape:
+            raise AfxError(f"style embeddings differ in size ({e_i.shape[1]} vs {e_r.shape[1]}); "
+                           "was the preset made with another model?")
+        with torch.no_grad():
+            return self.model.controller(e_i, e_r)[0].numpy().astype(np.float64)
+
+    def values(self, q: np.ndarray, chain) -> list[dict[str, float]]:
+        """Normalized ``q`` → per-effect physical values for ``chain`` (the model's chain spec built
+        at the file's rate): denormalized at the model rate, clipped into ``chain``'s ranges."""
+        with torch.no_grad():
+            phys = self.model_chain.denormalize(torch.as_tensor(q, dtype=torch.float64)[None])
+        out = []
+        for fx_model, fx, p in zip(self.model_chain.effects, chain.effects, phys):
+            v = {n: float(p[0, j]) for j, n in enumerate(fx_model.param_names)}
+            out.append({n: float(fx.spec(n).clip(v[n])) for n in fx.param_names})
+        return out
+
+    def predict(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
+                ref_sr: float | None = None, ref_embedding: np.ndarray | None = None) -> list[dict[str, float]]:
+        """Per-effect physical values of the model's chain at ``input_sr`` (reference audio or a
+        stored reference embedding)."""
+        from ..effects.chain import Chain
+
+        if ref_embedding is None:
+            if ref_audio is None or ref_sr is None:
+                raise AfxError("style prediction needs a reference or a style preset")
+            ref_embedding = self.embed(ref_audio, ref_sr)
+        q = self.predict_normalized(self.embed(input_audio, input_sr), ref_embedding)
+        return self.values(q, Chain(self.chain_spec, input_sr))
+
+
+# ------------------------------------------------------------------------------------------------
+# adaptive presets
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class StylePreset:
+    name: str
+    description: str
+    embedding: np.ndarray
+    model_id: str
+    path: Path | None = None
+
+
+def make_style_preset(name: str, description: str, embeddings: Sequence[np.ndarray], model_id: str,
+                      model_sample_rate: float | None = None, extra: Mapping | None = None) -> dict:
+    """The JSON object of an adaptive preset: the mean of ``embeddings`` (re-normalized to unit
+    length when they all have it, as an L2-normalizing encoder gives)."""
+    e = np.stack([np.asarray(v, dtype=np.float64) for v in embeddings])
+    mean = e.mean(axis=0)
+    norms = np.linalg.norm(e, axis=1)
+    if np.allclose(norms, 1.0, atol=1e-3):
+        mean = mean / max(np.linalg.norm(mean), 1e-12)
+    return {"format": STYLE_PRESET_FORMAT, "version": STYLE_PRESET_VERSION, "name": name,
+            "description": description, "model_id": model_id, "model_sample_rate": model_sample_rate,
+            "embed_dim": int(mean.size), "n_examples": int(e.shape[0]),
+            "embedding": [round(float(v), 7) for v in mean], **dict(extra or {})}
+
+
+def is_style_preset(data: object) -> bool:
+    return isinstance(data, dict) and data.get("format") == STYLE_PRESET_FORMAT
+
+
+def resolve_preset_path(name_or_path: str | Path, folders: Sequence[str] = ("speech", "music", "")) -> Path:
+    """A preset path, or a shipped preset's name (``warm`` → ``presets/speech/warm.json``)."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    if not p.suffix:
+        for sub in folders:
+            cand = PRESETS_DIR / sub / f"{name_or_path}.json"
+            if cand.is_file():
+                return cand
+    shipped = sorted(q.stem for sub in folders for q in (PRESETS_DIR / sub).glob("*.json")) if PRESETS_DIR.is_dir() else []
+    raise AfxError(f"{name_or_path}: no such preset file or shipped preset"
+                   + (f" (shipped: {', '.join(shipped)})" if shipped else ""))
+
+
+def load_style_preset(path: str | Path) -> StylePreset:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise AfxError(f"{p}: cannot read preset ({type(e).__name__})") from None
+    if not is_style_preset(data):
+        raise AfxError(f"{p}: not an adaptive style preset (format {STYLE_PRESET_FORMAT!r})")
+    try:
+        emb = np.asarray(data["embedding"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        raise AfxError(f"{p}: adaptive preset needs a numeric 'embedding' list") from None
+    if emb.ndim != 1 or emb.size == 0 or not np.all(np.isfinite(emb)):
+        raise AfxError(f"{p}: adaptive preset embedding must be a non-empty list of finite numbers")
+    return StylePreset(str(data.get("name", p.stem)), str(data.get("description", "")), emb,
+                       str(data.get("model_id", "")), p)
+
+
+# ------------------------------------------------------------------------------------------------
+# files
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class StyleResult:
+    input: Path
+    output: Path
+    sample_rate: int
+    channels: int
+    seconds: float
+    method: str
+    params: dict[str, float]            # "<label>.<param>" → physical value
+    units: dict[str, str]
+    trace: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class StyleContext:
+    """What every file of a batch shares: the model (loaded once), the reference (read and embedded
+    once) or the preset. Thread-safe."""
+
+    def __init__(self, ref: Path | None = None, preset: str | Path | None = None,
+                 model: str | Path | None = None, method: str = "model", kind: str = "music") -> None:
+        from ..audio import read_audio
+
+        if method not in ("model", "rule-based"):
+            raise AfxError(f"--method must be 'model' or 'rule-based', not {method!r}")
+        if (ref is None) == (preset is None):
+            raise AfxError("give either --ref REF or --preset NAME_OR_FILE")
+        self.method = method
+        self.ref_path = Path(ref) if ref is not None else None
+        self.ref_audio, self.ref_sr = (read_audio(ref) if ref is not None else (None, None))
+        self.preset_kind = None
+        self.style_preset: StylePreset | None = None
+        self.param_preset: Path | None = None
+        if preset is not None:
+            p = resolve_preset_path(preset)
+            try:
+                data = json.loads(p.read_text())
+            except (OSError, ValueError) as e:
+                raise AfxError(f"{p}: cannot read preset ({type(e).__name__})") from None
+            if is_style_preset(data):
+                self.style_preset, self.preset_kind = load_style_preset(p), "adaptive"
+                if p.resolve().parent == (PRESETS_DIR / "speech").resolve():
+                    kind = "speech"  # a shipped speech preset goes with the shipped speech model
+            else:
+                from .export import load_preset
+
+                load_preset(p)  # validate now: one error for the batch
+                self.param_preset, self.preset_kind = p, "parameters"
+        if self.preset_kind == "parameters":
+            self.predictor = None
+        elif method == "rule-based":
+            if self.style_preset is not None:
+                raise AfxError("an adaptive preset needs --method model (it is a model embedding)")
+            self.predictor = None
+        else:
+            self.predictor = StylePredictor.load(resolve_model_path(model, kind))
+            if self.style_preset is not None:
+                if self.style_preset.embedding.size != self.predictor.embed_dim:
+                    raise AfxError(f"{self.style_preset.path}: embedding of size {self.style_preset.embedding.size}, "
+                                   f"the model's is {self.predictor.embed_dim} (made with another model)")
+        self._ref_embedding: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def reference_embedding(self) -> np.ndarray:
+        if self.style_preset is not None:
+            return self.style_preset.embedding
+        with self._lock:
+            if self._ref_embedding is None:
+                self._ref_embedding = self.predictor.embed(self.ref_audio, self.ref_sr)
+            return self._ref_embedding
+
+
+def _write_trace(path: Path, chain, values, sr: int, n_samples: int, description: str) -> None:
+    from ..effects.chain import Chain
+    from ..trace import ParameterTrace, units_of
+
+    tr = ParameterTrace.static(chain.spec, Chain.flatten(chain.labels, values), sr, units=units_of(chain))
+    tr.n_samples = int(n_samples)
+    tr.description = description
+    tr.save(path)
+
+
+def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
+                        trace_path: Path | None = None) -> StyleResult:
+    """Style-transfer one file (whole length, its own rate) and write ``output_path`` atomically."""
+    from ..audio import read_audio, write_audio
+    from ..effects.chain import Chain
+    from ..render import render_chain
+    from ..trace import units_of
+
+    audio, sr = read_audio(input_path)
+    notes: list[str] = []
+    if ctx.preset_kind == "parameters":
+        from .export import load_preset
+        from .render import fit_trace
+
+        spec, trace = load_preset(ctx.param_preset)
+        chain = Chain(spec, sr)
+        trace, clipped = fit_trace(trace, chain)
+        if clipped:
+            notes.append(f"clipped to this rate's ranges: {', '.join(clipped)}")
+        y = render_chain(chain, audio, trace)
+        flat = trace.frame_values(0) if trace.is_static else trace.reduce("median")
+        method, units = f"preset {ctx.param_preset.name}", units_of(chain)
+        if trace_path is not None:
+            tr = trace.copy()
+            tr.n_samples = audio.shape[1]
+            tr.save(trace_path)
+    elif ctx.method == "rule-based":
+        from .rulebased import rule_based
+
+        s = rule_based(audio, sr, ctx.ref_audio, ctx.ref_sr)
+        y = s.apply(audio, sr)
+        chain = Chain({"effects": [{"type": "compressor"}, {"type": "gain"}]}, sr)
+        values = [s.compressor, {"gain_db": float(np.clip(s.gain_db, -24, 24))}]
+        flat, units = Chain.flatten(chain.labels, values), units_of(chain)
+        method = "rule-based"
+        notes.append("FIR EQ band gains (dB): " + ", ".join(f"{k} {v:+.1f}" for k, v in s.eq.band_gains_db().items()))
+        if trace_path is not None:
+            _write_trace(trace_path, chain, values, sr, audio.shape[1],
+                         "rule-based style transfer: compressor + gain after a matched FIR EQ "
+                         "(the FIR is not an effect of the chain; its band gains: "
+                         + json.dumps(s.eq.band_gains_db()) + ")")
+    else:
+        pred = ctx.predictor
+        chain = Chain(pred.chain_spec, sr)
+        e_in = pred.embed(audio, sr)
+        values = pred.values(pred.predict_normalized(e_in, ctx.reference_embedding()), chain)
+        y = render_chain(chain, audio, values)
+        flat, units = Chain.flatten(chain.labels, values), units_of(chain)
+        method = f"model {pred.model_id}" + (f" + preset {ctx.style_preset.name}" if ctx.style_preset else "")
+        if trace_path is not None:
+            ref_desc = f"preset {ctx.style_preset.name}" if ctx.style_preset else str(ctx.ref_path)
+            _write_trace(trace_path, chain, values, sr, audio.shape[1],
+                         f"afx style-transfer of {Path(input_path).name} toward {ref_desc} (model {pred.model_id})")
+    if not np.all(np.isfinite(y)):
+        raise AfxError("render produced non-finite samples")
+    write_audio(output_path, y, sr)
+    return StyleResult(Path(input_path), Path(output_path), sr, y.shape[0], y.shape[1] / sr, method,
+                       {k: float(v) for k, v in flat.items()}, units, trace_path, notes)
+
+
+def params_table(result: StyleResult, title: str | None = None):
+    """A rich table of the predicted parameters in physical units."""
+    from rich.table import Table
+
+    t = Table(title=title or f"{result.input.name}: {result.method}")
+    t.add_column("parameter")
+    t.add_column("value", justify="right")
+    t.add_column("unit")
+    for k, v in result.params.items():
+        t.add_row(k, f"{v:.4g}" if math.isfinite(v) else str(v), result.units.get(k, ""))
+    return t

@@ -1,0 +1,173 @@
+"""afx master: loudness stage, rule-based baseline, refinement, CLI end to end (generated audio)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from afxcli.cli import main
+from afxcli.effects.chain import Chain
+from afxcli.metrics import lufs, true_peak_dbtp
+from afxcli.tasks.loudness import list_loudness_presets, load_loudness_preset, match_loudness
+from afxcli.tasks.master import master_chain_spec
+from afxcli.tasks.refine import distance, recording_features, refine
+from afxcli.tasks.rulebased import average_spectrum, design_matched_eq, rule_based, smooth_fractional_octave
+
+SR = 22050
+
+
+def music(seconds: float, tilt: float, seed: int, sr: int = SR, channels: int = 2, level: float = 0.5) -> np.ndarray:
+    """Tones with a spectral tilt (dB/octave-ish via (f/200)^tilt) + amplitude-modulated noise."""
+    r = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    x = sum(np.sin(2 * np.pi * f * t + r.uniform(0, 6)) * (f / 200.0) ** tilt
+            for f in (55, 110, 220, 440, 880, 1760, 3520, 7040))
+    env = 1.0 + 0.8 * np.sin(2 * np.pi * 1.5 * t)
+    x = x + 0.4 * r.standard_normal(n) * env
+    x = np.stack([x, np.roll(x, 5)][:channels]).astype(np.float32)
+    return x / np.abs(x).max() * level
+
+
+def shape_distance(a: np.ndarray, b: np.ndarray, sr: int) -> float:
+    """Mean |difference| of the level-normalized 1/3-octave-smoothed spectra (dB), 50 Hz–8 kHz."""
+    fa, pa = average_spectrum(a, sr)
+    _, pb = average_spectrum(b, sr)
+    da = 10 * np.log10(smooth_fractional_octave(fa, pa) + 1e-20)
+    db = 10 * np.log10(smooth_fractional_octave(fa, pb) + 1e-20)
+    band = (fa > 50) & (fa < 8000)
+    d = (da - db)[band]
+    return float(np.mean(np.abs(d - d.mean())))
+
+
+@pytest.mark.parametrize("level,target", [(0.9, -9.0), (0.02, -14.0), (0.5, -23.0)])
+def test_loudness_lands_on_target_and_never_over_ceiling(level, target):
+    x = music(3.0, -0.3, 1, level=level)
+    r = match_loudness(x, SR, target, ceiling_dbtp=-1.0)
+    assert r.reached, r.notes
+    assert abs(lufs(r.audio, SR) - target) <= 0.1
+    assert true_peak_dbtp(r.audio, SR) <= -1.0 + 1e-9
+    assert r.audio.shape == x.shape
+
+
+def test_loudness_reports_unreachable_target():
+    # a crest-heavy signal (clicks on silence) cannot reach -3 LUFS under -1 dBTP without excessive limiting
+    x = np.zeros((1, SR * 2), np.float32)
+    x[0, ::2205] = 0.9
+    x += 0.001 * np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    r = match_loudness(x, SR, -3.0, ceiling_dbtp=-1.0, max_rounds=4)
+    assert true_peak_dbtp(r.audio, SR) <= -1.0 + 1e-9
+    assert not r.reached and r.notes
+
+
+def test_loudness_presets_shipped():
+    names = list_loudness_presets()
+    for name, lu in (("streaming", -14.0), ("podcast", -16.0), ("club", -9.0), ("broadcast", -23.0)):
+        assert name in names
+        assert load_loudness_preset(name).target_lufs == lu
+
+
+def test_rule_based_eq_moves_spectrum_toward_reference():
+    x = music(4.0, -0.3, 2)      # tilts within the EQ's ±12 dB clamp over 7 octaves
+    ref = music(4.0, 0.2, 3, level=0.3)
+    before = shape_distance(x, ref, SR)
+    eq = design_matched_eq(x, SR, ref, SR)
+    after = shape_distance(eq.apply(x), ref, SR)
+    assert after < 0.5 * before, (before, after)
+    assert eq.apply(x).shape == x.shape
+
+
+def test_rule_based_compressor_matches_loudness_mono_other_rate():
+    sr = 16000
+    x = music(3.0, 0.0, 4, sr=sr, channels=1, level=0.3)
+    ref = music(3.0, 0.0, 5, sr=SR, channels=2, level=0.9)
+    s = rule_based(x, sr, ref, SR)
+    y = s.apply(x, sr)
+    assert y.shape == x.shape
+    assert abs(lufs(y, sr) - lufs(ref, SR)) < 1.0
+    assert s.compressor["threshold_db"] < 0  # the input was quieter: it had to compress
+
+
+def test_refine_reduces_feature_distance():
+    x = music(2.0, -0.6, 6, channels=1)
+    ref = music(3.0, 0.5, 7, channels=1, level=0.8)
+    chain = Chain(master_chain_spec([{"type": "peq"}, {"type": "compressor"}], -1.0), SR)
+    ref_f = recording_features(ref, SR)
+    res = refine(chain, chain.base_values(), x, SR, ref_f, steps=5, lr=0.08, count=1)
+    assert res.kept
+    assert res.distance_after < res.distance_before
+
+
+def _write(path, audio, sr=SR):
+    sf.write(str(path), audio.T, sr, subtype="FLOAT")
+    return path
+
+
+def test_master_cli_rule_based_end_to_end(tmp_path, capsys):
+    inp = _write(tmp_path / "song.wav", music(3.0, -0.5, 8, level=0.2))
+    ref = _write(tmp_path / "ref.wav", music(3.0, 0.3, 9, level=0.5))
+    out, rep, png, trc = tmp_path / "out.wav", tmp_path / "r.json", tmp_path / "p.png", tmp_path / "t.json"
+    rc = main(["master", str(inp), "--ref", str(ref), "--method", "rule-based", "-o", str(out),
+               "--report", str(rep), "--plot", str(png), "--trace", str(trc), "--ceiling", "-1.5"])
+    assert rc == 0, capsys.readouterr().err
+    y, sr = sf.read(str(out), always_2d=True)
+    x, _ = sf.read(str(inp), always_2d=True)
+    assert sr == SR and y.shape == x.shape
+    r = json.loads(rep.read_text())
+    for side in ("input", "output", "reference"):
+        for k in ("lufs", "true_peak_dbtp", "crest_db"):
+            assert r[side][k] is not None
+    assert r["chain"]["values"]["compressor.threshold_db"] <= 0
+    assert abs(r["output"]["lufs"] - r["reference"]["lufs"]) <= 0.1
+    assert true_peak_dbtp(y.T, sr) <= -1.5 + 1e-6
+    assert r["feature_distance_db"]["output"] < r["feature_distance_db"]["input"]
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(trc.read_text())["format"] == "afx-trace"
+
+
+def test_master_cli_preset_target_and_refine(tmp_path, capsys):
+    inp = _write(tmp_path / "a.wav", music(2.0, -0.5, 10, channels=1, level=0.1))
+    ref = _write(tmp_path / "ref.wav", music(2.0, 0.4, 11, level=0.7))
+    out, rep = tmp_path / "a_out.wav", tmp_path / "a.json"
+    rc = main(["master", str(inp), "--ref", str(ref), "--method", "rule-based", "--preset", "podcast",
+               "--refine", "3", "-o", str(out), "--report", str(rep)])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(rep.read_text())
+    assert r["target_lufs"] == -16.0 and abs(r["output"]["lufs"] + 16.0) <= 0.1
+    assert r["refine"]["steps"] == 3 and r["refine"]["feature_distance_before_db"] > 0
+
+
+def test_master_cli_batch_with_a_bad_file(tmp_path, capsys):
+    d = tmp_path / "in"
+    d.mkdir()
+    _write(d / "one.wav", music(1.5, 0.0, 12, level=0.3))
+    _write(d / "two.wav", music(1.5, 0.2, 13, level=0.6))
+    (d / "bad.wav").write_bytes(b"not audio at all")
+    outd = tmp_path / "out"
+    outd.mkdir()
+    rc = main(["master", str(d), "--lufs", "-12", "--out-dir", str(outd), "--jobs", "2"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "bad.wav" in err and "Traceback" not in err
+    assert sorted(p.name for p in outd.iterdir()) == ["one_master.wav", "two_master.wav"]
+    for p in outd.iterdir():
+        y, sr = sf.read(str(p), always_2d=True)
+        assert abs(lufs(y.T, sr) + 12.0) <= 0.1
+
+
+def test_master_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    inp = _write(tmp_path / "x.wav", music(1.0, 0.0, 14))
+    out = tmp_path / "o.wav"
+    for args in (["--lufs", "5"], ["--preset", "no-such-preset"], ["--ref", str(tmp_path / "missing.wav")],
+                 ["--method", "rule-based"], ["--method", "model", "--model", str(tmp_path / "nope.pt"),
+                                             "--ref", str(inp)]):
+        rc = main(["master", str(inp), "-o", str(out), *args])
+        err = capsys.readouterr().err
+        assert rc == 2, (args, err)
+        assert err.count("\n") == 1 and err.startswith("afx: error:"), err
+        assert not out.exists()
+    silent = _write(tmp_path / "silent.wav", np.zeros((1, SR), np.float32))
+    rc = main(["master", str(silent), "-o", str(out)])
+    assert rc == 2 and "silent" in capsys.readouterr().err and not out.exists()
