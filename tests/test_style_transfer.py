@@ -1,0 +1,178 @@
+"""afx style-transfer with a tiny random style model; adaptive presets; master --method model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from afxcli.cli import main
+from afxcli.effects.chain import Chain
+from afxcli.errors import AfxError
+from afxcli.nn import StyleModel, make_analyzer
+from afxcli.tasks.style import (StylePredictor, load_style_preset, make_style_preset, save_style_checkpoint)
+
+MODEL_SR = 8000
+CHAIN = {"effects": [{"type": "peq"}, {"type": "compressor"}, {"type": "gain"}]}
+CONFIG = {"data": {"sample_rate": MODEL_SR, "clip_samples": 8000},
+          "task_options": {"frontend": "logmel", "encoder": "mobilenet",
+                           "frontend_options": {"n_fft": 256, "hop_samples": 64, "n_mels": 32},
+                           "encoder_options": {"embed_dim": 16, "head_channels": 32,
+                                               "widths": [[1, 8, 1, 1], [2, 16, 1, 2]]},
+                           "hidden": [32]}}
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    o = CONFIG["task_options"]
+    analyzer = make_analyzer(o["frontend"], o["encoder"], MODEL_SR, o["frontend_options"], **o["encoder_options"])
+    model = StyleModel(analyzer, Chain(CHAIN, MODEL_SR).n_free, tuple(o["hidden"]))
+    path = tmp_path_factory.mktemp("model") / "tiny_style.pt"
+    save_style_checkpoint(path, model, Chain(CHAIN, MODEL_SR).spec, CONFIG)
+    return path
+
+
+def audio(seconds: float, sr: int, seed: int, channels: int = 2, tilt: float = 0.0) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    x = sum(np.sin(2 * np.pi * f * t + r.uniform(0, 6)) * (f / 300.0) ** tilt for f in (110, 300, 900, 2500, 6000)
+            if f < sr / 2)
+    x = x + 0.3 * r.standard_normal(n) * (1 + np.sin(2 * np.pi * 3 * t))
+    x = np.stack([x, np.roll(x, 3)][:channels]).astype(np.float32)
+    return 0.4 * x / np.abs(x).max()
+
+
+def _write(path, a, sr):
+    sf.write(str(path), a.T, sr, subtype="FLOAT")
+    return path
+
+
+def test_predictor_embeds_long_files_and_predicts_in_range(model_path):
+    pred = StylePredictor.load(model_path)
+    assert pred.sample_rate == MODEL_SR and pred.embed_dim == 16
+    x = audio(3.5, 44100, 1)                     # several analysis windows at the model rate
+    e = pred.embed(x, 44100)
+    assert e.shape == (16,) and np.all(np.isfinite(e))
+    vals = pred.predict(x, 44100, audio(1.0, 16000, 2, channels=1), 16000)
+    chain = Chain(CHAIN, 44100)
+    assert [set(v) for v in vals] == [set(fx.param_names) for fx in chain.effects]
+    for fx, v in zip(chain.effects, vals):
+        for n, val in v.items():
+            s = fx.spec(n)
+            assert s.min <= val <= s.max
+    # a different reference gives a different setting (the controller reads the reference)
+    other = pred.predict(x, 44100, audio(1.0, 16000, 3, channels=1, tilt=1.0) * 0.05, 16000)
+    assert Chain.flatten(chain.labels, vals) != Chain.flatten(chain.labels, other)
+
+
+def test_style_transfer_cli_model_end_to_end(model_path, tmp_path, capsys):
+    sr = 44100
+    inp = _write(tmp_path / "in.wav", audio(2.3, sr, 4), sr)
+    ref = _write(tmp_path / "ref.wav", audio(1.5, 22050, 5, channels=1, tilt=0.8), 22050)
+    out, trc = tmp_path / "out.wav", tmp_path / "trace.json"
+    rc = main(["style-transfer", str(inp), "--ref", str(ref), "--model", str(model_path), "-o", str(out),
+               "--trace", str(trc)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    y, ysr = sf.read(str(out), always_2d=True)
+    assert ysr == sr and y.shape == (int(2.3 * sr), 2)
+    assert np.all(np.isfinite(y))
+    tr = json.loads(trc.read_text())
+    assert tr["format"] == "afx-trace" and tr["sample_rate"] == sr and tr["n_samples"] == int(2.3 * sr)
+    assert "compressor.threshold_db" in tr["params"]
+    assert "compressor.threshold_db" in cap.out and "dB" in cap.out  # the rich table of physical values
+    # the trace renders back to the same audio with `afx render`
+    again = tmp_path / "again.wav"
+    assert main(["render", str(inp), "--preset", str(trc), "-o", str(again)]) == 0
+    z, _ = sf.read(str(again), always_2d=True)
+    assert np.max(np.abs(z - y)) < 1e-4
+
+
+def test_style_transfer_rule_based_and_parameter_preset(tmp_path, capsys):
+    sr = 16000
+    inp = _write(tmp_path / "v.wav", audio(2.0, sr, 6, channels=1), sr)
+    ref = _write(tmp_path / "r.wav", audio(2.0, sr, 7, channels=1, tilt=1.0), sr)
+    out = tmp_path / "v_rb.wav"
+    assert main(["style-transfer", str(inp), "--ref", str(ref), "--method", "rule-based", "-o", str(out)]) == 0
+    y, ysr = sf.read(str(out), always_2d=True)
+    assert y.shape == (2 * sr, 1) and ysr == sr
+    from afxcli.metrics import lufs
+
+    r, _ = sf.read(str(ref), always_2d=True)
+    assert abs(lufs(y.T, sr) - lufs(r.T, sr)) < 0.6
+    # a parameter preset (afx trace) is just rendered
+    preset = tmp_path / "p.json"
+    from afxcli.trace import ParameterTrace
+
+    ch = Chain({"effects": [{"type": "gain"}]}, sr)
+    ParameterTrace.static(ch.spec, {"gain.gain_db": -6.0}, sr).save(preset)
+    out2 = tmp_path / "v_p.wav"
+    assert main(["style-transfer", str(inp), "--preset", str(preset), "-o", str(out2)]) == 0
+    z, _ = sf.read(str(out2), always_2d=True)
+    x, _ = sf.read(str(inp), always_2d=True)
+    assert np.allclose(z, x * 10 ** (-6 / 20), atol=1e-5)
+    capsys.readouterr()
+
+
+def test_adaptive_preset_round_trip(model_path, tmp_path, capsys):
+    pred = StylePredictor.load(model_path)
+    sr = 16000
+    renders = [audio(1.2, sr, s, channels=1, tilt=0.7) for s in (8, 9, 10)]
+    data = make_style_preset("bright", "presence lift", [pred.embed(a, sr) for a in renders], pred.model_id, MODEL_SR)
+    p = tmp_path / "bright.json"
+    p.write_text(json.dumps(data))
+    sp = load_style_preset(p)
+    assert sp.name == "bright" and sp.model_id == pred.model_id
+    assert np.allclose(sp.embedding, np.mean([pred.embed(a, sr) for a in renders], axis=0), atol=1e-6)
+    # the preset's embedding stands in for a reference: same setting as predicting with that embedding
+    inp_audio = audio(1.5, sr, 11, channels=1)
+    inp = _write(tmp_path / "x.wav", inp_audio, sr)
+    out, trc = tmp_path / "x_out.wav", tmp_path / "x.trace.json"
+    rc = main(["style-transfer", str(inp), "--preset", str(p), "--model", str(model_path), "-o", str(out),
+               "--trace", str(trc)])
+    assert rc == 0, capsys.readouterr().err
+    chain = Chain(CHAIN, sr)
+    expected = Chain.flatten(chain.labels, pred.values(pred.predict_normalized(pred.embed(inp_audio, sr),
+                                                                                sp.embedding), chain))
+    got = json.loads(trc.read_text())["params"]
+    for k, v in expected.items():
+        g = got[k][0] if isinstance(got[k], list) else got[k]
+        assert g == pytest.approx(v, rel=1e-6, abs=1e-6)
+
+
+def test_master_with_model_and_refine(model_path, tmp_path, capsys):
+    sr = 22050
+    inp = _write(tmp_path / "m.wav", audio(1.6, sr, 12, tilt=-0.5) * 0.3, sr)
+    ref = _write(tmp_path / "mr.wav", audio(1.6, sr, 13, tilt=0.5), sr)
+    out, rep = tmp_path / "m_out.wav", tmp_path / "m.json"
+    rc = main(["master", str(inp), "--ref", str(ref), "--model", str(model_path), "--method", "model",
+               "--refine", "2", "-o", str(out), "--report", str(rep)])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(rep.read_text())
+    assert r["method"] == "model" and r["chain"]["model_id"]
+    assert r["output"]["true_peak_dbtp"] <= -1.0
+    assert "peq.peak1_gain_db" in r["chain"]["values"] and r["refine"]["steps"] == 2
+
+
+def test_style_errors_one_line_no_output(model_path, tmp_path, capsys):
+    sr = 16000
+    inp = _write(tmp_path / "e.wav", audio(1.0, sr, 14, channels=1), sr)
+    out = tmp_path / "e_out.wav"
+    bad_preset = tmp_path / "bad.json"
+    bad_preset.write_text(json.dumps({"format": "afx-style-preset", "embedding": [0.1, 0.2]}))
+    not_model = tmp_path / "not.pt"
+    not_model.write_bytes(b"garbage")
+    for args in ([], ["--ref", str(inp), "--preset", "warm"], ["--preset", str(bad_preset), "--model", str(model_path)],
+                 ["--ref", str(inp), "--model", str(not_model)], ["--ref", str(inp), "--method", "magic"],
+                 ["--ref", str(tmp_path / "missing.wav"), "--model", str(model_path)]):
+        rc = main(["style-transfer", str(inp), "-o", str(out), *args])
+        err = capsys.readouterr().err
+        assert rc == 2, (args, err)
+        assert err.startswith("afx: error:") and err.count("\n") == 1, err
+        assert not out.exists()
+    with pytest.raises(AfxError):
+        StylePredictor.load(not_model)
