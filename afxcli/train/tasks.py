@@ -494,3 +494,7 @@ class ProxyTask(Task):
 
         n = Chain(chain_spec, config["data"]["sample_rate"]).n_free
         return ProxyTCN(ProxyConfig(**{"n_params": n, **config["task_options"]["model"]}))
+
+
+# style (DeepAFx-ST self-supervised style transfer) registers itself on import
+from . import style as _style  # noqa: E402,F401

@@ -1,0 +1,153 @@
+"""Self-supervised style training (afxcli.train.style): generator, pair data, task, checkpoints."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from afxcli.effects.chain import Chain
+from afxcli.train import load_for_inference, run_training, train, validate_config
+from afxcli.train.style import (BYPASS_DISTRIBUTIONS, PEAK_BANDS_HZ, STYLE_CHAIN, STYLE_DISTRIBUTIONS, StylePairDataset,
+                                StyleTask, evaluate, make_pair, neutral_q, random_style, style_to_q)
+
+SR = 24000
+
+
+@pytest.fixture(scope="module")
+def chain():
+    return Chain(STYLE_CHAIN, SR)
+
+
+def test_generator_values_inside_ranges_and_varied(chain):
+    rng = np.random.default_rng(0)
+    style = random_style(rng, chain.free_keys, n=400, bypass_probability=0.0)
+    assert set(style) == set(chain.free_keys) == set(STYLE_DISTRIBUTIONS)
+    for f in chain.free:
+        v = style[f.key]
+        law, lo, hi = STYLE_DISTRIBUTIONS[f.key]
+        assert v.shape == (400,)
+        assert np.all(v >= lo - 1e-9) and np.all(v <= hi + 1e-9), f.key
+        assert np.all(v >= f.spec.min) and np.all(v <= f.spec.max), f.key  # the chain can render it
+        # varied: covers most of the range, spread in its own law's domain
+        span = (np.log(v.max()) - np.log(v.min())) / math.log(hi / lo) if law == "log" else (v.max() - v.min()) / (hi - lo)
+        assert span > 0.9, f.key
+    # peaks stay in disjoint bands: never reordered
+    for i, (lo, hi) in enumerate(PEAK_BANDS_HZ, start=1):
+        assert np.all((style[f"eq.peak{i}_freq_hz"] >= lo) & (style[f"eq.peak{i}_freq_hz"] <= hi))
+    assert np.all(np.diff(np.stack([style[f"eq.peak{i}_freq_hz"] for i in range(1, 5)]), axis=0) >= 0)
+    q = style_to_q(chain, style)
+    assert q.shape == (400, chain.n_free) and float(q.min()) >= 0 and float(q.max()) <= 1
+    # normalized values round-trip to the physical ones
+    per_effect = chain.denormalize(q)  # (400, all params of the effect) each
+    for f in chain.free:
+        name = f.key.split(".", 1)[1]
+        got = per_effect[f.effect_index][:, chain.effects[f.effect_index].param_names.index(name)].numpy()
+        np.testing.assert_allclose(got, style[f.key], rtol=1e-4, atol=1e-4, err_msg=f.key)
+
+
+def test_generator_bypass_share():
+    keys = list(STYLE_DISTRIBUTIONS)
+    style = random_style(np.random.default_rng(1), keys, n=2000, bypass_probability=0.3)
+    mild_ratio = style["comp.ratio"] <= BYPASS_DISTRIBUTIONS["comp.ratio"][2]
+    # mild draws (30 %) plus the normal law's own share below 1.5 (log-uniform 1..10: 17.6 %)
+    expected = 0.3 + 0.7 * math.log(1.5) / math.log(10.0)
+    assert abs(mild_ratio.mean() - expected) < 0.04
+    mild_eq = np.abs(style["eq.low_shelf_gain_db"]) <= 1.0
+    assert abs(mild_eq.mean() - (0.3 + 0.7 / 12)) < 0.04
+    # within one style, all EQ gains are mild together (per-effect decision)
+    all_mild = np.all([np.abs(style[k]) <= 1.0 for k in keys if k.startswith("eq.") and k.endswith("gain_db")], axis=0)
+    assert all_mild.mean() > 0.27
+
+
+def _dominant_hz(x: torch.Tensor) -> float:
+    spec = np.abs(np.fft.rfft(x.numpy().mean(axis=0) * np.hanning(x.shape[-1])))
+    return float(np.argmax(spec) * SR / x.shape[-1])
+
+
+def test_pair_halves_never_share_content(tmp_path):
+    """Half a is a 300 Hz tone, half b a 3 kHz tone: the input and target always carry the same
+    half's tone and the reference the other's (DeepAFx-ST §2.1)."""
+    n = 8192
+    t = np.arange(n // 2) / SR
+    audio = np.concatenate([0.5 * np.sin(2 * np.pi * 300 * t), 0.5 * np.sin(2 * np.pi * 3000 * t)])
+    sf.write(tmp_path / "tones.wav", audio.astype(np.float32), SR)
+    ds = StylePairDataset([tmp_path / "tones.wav"], STYLE_CHAIN, SR, n, items_per_epoch=12, seed=3,
+                          bypass_probability=0.0)
+    halves = set()
+    for k in range(12):
+        item = ds[k]
+        tone = (300.0, 3000.0)[item["input_half"]]
+        other = (300.0, 3000.0)[1 - item["input_half"]]
+        for key, want in (("input", tone), ("target", tone), ("reference", other)):
+            assert abs(_dominant_hz(item[key]) - want) < 0.1 * want, (k, key)
+        assert item["input"].shape == item["reference"].shape == item["target"].shape == (1, n // 2)
+        assert not torch.equal(item["q_input"], item["q_reference"])  # two different styles
+        for key in ("input", "reference", "target"):  # peak-normalized styles (-12 dBFS)
+            assert float(item[key].abs().max()) <= 10 ** (-12 / 20) + 1e-5
+        halves.add(item["input_half"])
+    assert halves == {0, 1}  # both sections serve as input
+    # deterministic addressing: the same item again is bit-identical
+    assert torch.equal(ds[5]["target"], ds[5]["target"])
+
+
+def test_make_pair_slices():
+    x_i = torch.arange(8.0)[None].numpy()
+    x_r = (100 + torch.arange(8.0))[None].numpy()
+    p = make_pair(x_i, x_r, 1)
+    assert p["input"].tolist() == [[4, 5, 6, 7]] and p["target"].tolist() == [[104, 105, 106, 107]]
+    assert p["reference"].tolist() == [[100, 101, 102, 103]]
+
+
+def _tiny_config(**top) -> dict:
+    raw = {"task": "style", "seed": 0, "steps": 4, "batch_size": 2, "lr": 1e-3, "val_every_steps": 0,
+           "checkpoint_every_steps": 2, "threads": 2,
+           "data": {"sample_rate": SR, "clip_samples": 8192, "items_per_epoch": 8, "val_items": 2},
+           "task_options": {"loss_options": {"fft_sizes": [64, 256, 1024], "time_weight": 100.0},
+                            "encoder": "mobilenet",
+                            "encoder_options": {"embed_dim": 32, "head_channels": 32,
+                                                "widths": [[1, 8, 1, 1], [2, 16, 2, 2], [2, 16, 2, 2]]},
+                            "frontend_options": {"n_fft": 512, "hop_samples": 256, "n_mels": 32},
+                            "hidden": [32]}}
+    raw.update(top)
+    return validate_config(raw)
+
+
+def test_style_task_steps_reduce_loss():
+    torch.manual_seed(0)
+    config = _tiny_config()
+    task = StyleTask(config)
+    # neutral start: the untrained model predicts a nearly transparent compressor
+    batch = torch.utils.data.default_collate([task.train_dataset()[k] for k in range(4)])
+    q0 = task.predict(batch).detach()
+    assert torch.allclose(q0.mean(0), neutral_q(task.chain), atol=0.05)
+    opt = torch.optim.Adam(task.model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(12):
+        opt.zero_grad()
+        loss = task.loss(batch, step)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < 0.85 * losses[0], losses
+
+
+def test_afx_train_style_resumes_and_loads_for_inference(tmp_path):
+    config = _tiny_config()
+    out = tmp_path / "run"
+    r1 = train(config, out, quiet=True, stop_at_step=2)
+    assert r1.step == 2 and r1.stop_reason == "interrupted"
+    r2 = run_training("style", None, out, quiet=True, overrides={k: config[k] for k in ("seed", "steps", "batch_size", "lr", "val_every_steps", "checkpoint_every_steps", "threads", "data", "task_options")})
+    assert r2.step == 4 and r2.finished
+    model, chain_spec, ck_config = load_for_inference(out)
+    assert ck_config["task"] == "style" and Chain(chain_spec, SR).free_keys == Chain(STYLE_CHAIN, SR).free_keys
+    x = torch.randn(1, 1, 4096) * 0.1
+    ref = torch.randn(1, 1, 6000) * 0.1  # the reference may differ in length
+    with torch.no_grad():
+        q = model(x, ref)
+    assert q.shape == (1, 22) and float(q.min()) > 0 and float(q.max()) < 1
+    figures = evaluate(model, Chain(chain_spec, SR), StyleTask(ck_config).val_batches())
+    assert figures["mrstft_input"] > 0 and math.isfinite(figures["mrstft_model"])
