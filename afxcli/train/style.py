@@ -52,7 +52,12 @@ from .tasks import StrategyRender, Task, _strategy_fields, make_audio_loss, regi
 # The chain
 # =============================================================================================
 #: Disjoint bands of the four EQ peaks (Hz): low, low-mid, high-mid, high.
-PEAK_BANDS_HZ = ((40.0, 250.0), (250.0, 1000.0), (1000.0, 4000.0), (4000.0, 10000.0))
+PEAK_BANDS_HZ = ((40.0, 250.0), (250.0, 1000.0), (1000.0, 4000.0), (4000.0, 7000.0))
+
+#: Highest frequency (Hz) any EQ band may take: the chain renders at the *file's* rate at inference
+#: and the EQ's frequencies must stay below 0.45·rate (``afxcli.params.max_freq_hz``), so 7 kHz
+#: keeps :data:`STYLE_CHAIN` valid from 16 kHz (speech) up; a high shelf at 7 kHz still shapes "air".
+MAX_EQ_FREQ_HZ = 7000.0
 
 #: The style/mastering chain (22 free parameters). Ranges are wider than the generator's draws
 #: (:data:`STYLE_DISTRIBUTIONS`): the model must undo the input's style *and* apply the
@@ -67,7 +72,7 @@ STYLE_CHAIN: dict = {"effects": [
              (f"peak{i}_freq_hz", {"min": lo, "max": hi}),
              (f"peak{i}_gain_db", {"min": -18.0, "max": 18.0}),
              (f"peak{i}_q", {"min": 0.3, "max": 5.0}))},
-         "high_shelf_freq_hz": {"min": 2000.0, "max": 10000.0},
+         "high_shelf_freq_hz": {"min": 2000.0, "max": MAX_EQ_FREQ_HZ},
          "high_shelf_gain_db": {"min": -18.0, "max": 18.0},
      }},
     {"type": "compressor", "label": "comp",
@@ -83,7 +88,7 @@ STYLE_CHAIN: dict = {"effects": [
 #: The generator's distributions, per free key: ``(law, low, high)`` with law ``"uniform"`` or
 #: ``"log"`` (log-uniform). Chosen to cover real productions: EQ moves of ±12 dB (mastering
 #: rarely exceeds ±6, creative/telephone speech EQ reaches ±12), shelves 40–300 Hz and
-#: 3–10 kHz, peak Q 0.5–3, compression from none (ratio 1) to heavy (threshold −40 dB, 10:1),
+#: 3–7 kHz, peak Q 0.5–3, compression from none (ratio 1) to heavy (threshold −40 dB, 10:1),
 #: attack 1–50 ms and release 30–500 ms log-uniform (the range of mix/mastering compressors),
 #: makeup 0–12 dB, output gain ±6 dB. The styled clips are peak-normalized afterwards (§3.2), so
 #: a pure gain (makeup, output gain) does not change a style's level; it is drawn anyway so the
@@ -95,7 +100,7 @@ STYLE_DISTRIBUTIONS: dict[str, tuple[str, float, float]] = {
         (f"eq.peak{i}_freq_hz", ("log", lo, hi)),
         (f"eq.peak{i}_gain_db", ("uniform", -12.0, 12.0)),
         (f"eq.peak{i}_q", ("log", 0.5, 3.0)))},
-    "eq.high_shelf_freq_hz": ("log", 3000.0, 10000.0),
+    "eq.high_shelf_freq_hz": ("log", 3000.0, MAX_EQ_FREQ_HZ),
     "eq.high_shelf_gain_db": ("uniform", -12.0, 12.0),
     "comp.threshold_db": ("uniform", -40.0, 0.0),
     "comp.ratio": ("log", 1.0, 10.0),
