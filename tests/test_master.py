@@ -10,7 +10,8 @@ import soundfile as sf
 from afxcli.cli import main
 from afxcli.effects.chain import Chain
 from afxcli.metrics import lufs, true_peak_dbtp
-from afxcli.tasks.loudness import list_loudness_presets, load_loudness_preset, match_loudness
+from afxcli.tasks.loudness import (fast_lufs, fast_true_peak_dbtp, list_loudness_presets, load_loudness_preset,
+                                   match_loudness)
 from afxcli.tasks.master import master_chain_spec
 from afxcli.tasks.refine import distance, recording_features, refine
 from afxcli.tasks.rulebased import average_spectrum, design_matched_eq, rule_based, smooth_fractional_octave
@@ -50,6 +51,16 @@ def test_loudness_lands_on_target_and_never_over_ceiling(level, target):
     assert abs(lufs(r.audio, SR) - target) <= 0.1
     assert true_peak_dbtp(r.audio, SR) <= -1.0 + 1e-9
     assert r.audio.shape == x.shape
+
+
+@pytest.mark.parametrize("sr,channels", [(44100, 2), (48000, 1), (16000, 2), (96000, 1)])
+def test_fast_measures_equal_the_metrics(sr, channels):
+    x = music(1.3, 0.0, 20, sr=sr, channels=channels, level=0.9)
+    x[:, sr // 2: sr // 2 + 3] = [0.95, -0.95, 0.95]           # an inter-sample over
+    assert fast_lufs(x, sr) == pytest.approx(lufs(x, sr), abs=1e-6)
+    assert fast_true_peak_dbtp(x, sr) == pytest.approx(true_peak_dbtp(x, sr), abs=1e-4)
+    quiet = np.zeros((channels, sr), np.float32)
+    assert fast_lufs(quiet, sr) == float("-inf") and np.isnan(fast_lufs(quiet[:, :100], sr))
 
 
 def test_loudness_reports_unreachable_target():

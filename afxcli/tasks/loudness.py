@@ -1,10 +1,11 @@
 """Loudness stage of ``afx master``: gain to a target integrated loudness, then a true-peak
 brickwall limiter at the ceiling, iterated until the loudness lands and the true peak holds.
 
-Flow: audio ``(channels, samples)`` → integrated loudness (ITU-R BS.1770-4 via pyloudnorm,
-:func:`afxcli.metrics.lufs`, whole file) → gain ``g = target − L`` → pedalboard
+Flow: audio ``(channels, samples)`` → integrated loudness (ITU-R BS.1770-4, pyloudnorm's algorithm
+and filters, vectorized: :func:`fast_lufs`, whole file) → gain ``g = target − L`` → pedalboard
 ``BrickwallLimiter(true_peak=True)`` (the ``limiter`` effect) at the ceiling → measure loudness and
-true peak (:func:`afxcli.metrics.true_peak_dbtp`, BS.1770-4 Annex 2) → correct the gain (secant
+true peak (BS.1770-4 Annex 2, :func:`fast_true_peak_dbtp` = :func:`afxcli.metrics.true_peak_dbtp`
+evaluated only where it can exceed the sample peak) → correct the gain (secant
 step, the limiter makes loudness grow by less than 1 dB per dB of gain) and, when the limiter lets an
 inter-sample peak over the ceiling, lower the limiter's own ceiling by the overshoot and render
 again. The output's true peak never exceeds the ceiling: if the rounds run out while it does, a
@@ -33,6 +34,87 @@ DEFAULT_TARGET_LUFS = -14.0
 DEFAULT_CEILING_DBTP = -1.0
 #: More loudness lost in the limiter than this (LU) counts as excessive limiting.
 DEFAULT_MAX_LIMITING_DB = 8.0
+#: Margin (dB) under the ceiling that the loudness stage aims for, covering the float32 rounding of
+#: :func:`fast_true_peak_dbtp` against :func:`afxcli.metrics.true_peak_dbtp`.
+TRUE_PEAK_GUARD_DB = 1e-4
+
+
+def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:
+    """Integrated loudness (LUFS), the same computation as pyloudnorm's ``Meter.integrated_loudness``
+    (ITU-R BS.1770-4: its K-weighting biquads, 400 ms blocks with 75 % overlap at its block bounds,
+    −70 LUFS absolute and −10 LU relative gates, channel weights 1.0 for L/R) with the per-block
+    Python loop replaced by a cumulative sum — agrees with :func:`afxcli.metrics.lufs` to ~1e-6 LU
+    (tests) at a fraction of its time on long files. ``audio`` ``(channels, samples)``; ``nan`` when
+    shorter than one block, ``-inf`` for silence."""
+    import pyloudnorm
+    from scipy.signal import lfilter
+
+    a = np.asarray(audio, dtype=np.float64)
+    if a.ndim == 1:
+        a = a[None]
+    sr = float(sample_rate)
+    meter = pyloudnorm.Meter(int(round(sr)) if sr.is_integer() else sr)
+    t_g = meter.block_size
+    if a.shape[1] < int(round(t_g * sr)) + 1:
+        return float("nan")
+    if a.shape[0] > 5:
+        raise AfxError(f"loudness: at most 5 channels, got {a.shape[0]}")
+    y = a
+    for flt in meter._filters.values():
+        y = flt.passband_gain * lfilter(flt.b, flt.a, y, axis=1)
+    step = 1.0 - meter.overlap
+    n = a.shape[1]
+    n_blocks = int(np.round(((n / sr - t_g) / (t_g * step)))) + 1
+    j = np.arange(n_blocks)
+    lo = (t_g * (j * step) * sr).astype(np.int64)
+    hi = np.minimum((t_g * (j * step + 1) * sr).astype(np.int64), n)
+    cs = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(y * y, axis=1)], axis=1)
+    z = (cs[:, hi] - cs[:, lo]) / (t_g * sr)                    # (channels, blocks)
+    g = np.array([1.0, 1.0, 1.0, 1.41, 1.41])[: y.shape[0], None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l_blocks = -0.691 + 10.0 * np.log10((g * z).sum(axis=0))
+        abs_gate = l_blocks >= -70.0
+        if not np.any(abs_gate):
+            return float("-inf")
+        rel = -0.691 + 10.0 * np.log10((g[:, 0] * z[:, abs_gate].mean(axis=1)).sum()) - 10.0
+        keep = (l_blocks > rel) & (l_blocks > -70.0)
+        if not np.any(keep):
+            return float("-inf")
+        return float(-0.691 + 10.0 * np.log10((g[:, 0] * z[:, keep].mean(axis=1)).sum()))
+
+
+def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
+    """True peak (dBTP) with the oversampling factor and interpolation filter of
+    :func:`afxcli.metrics.true_peak_dbtp` (BS.1770-4 Annex 2), computed per polyphase branch by FFT
+    (overlap-add) convolution instead of direct polyphase filtering. For ``resample_poly(x, L, 1,
+    window=h)`` output ``y[L·i + p] = (x ∗ g_p)[i + D]`` with ``g_p = L·h[p::L]`` and
+    ``D = (len(h) − 1) / (2L)``; branch 0 is the input itself (the windowed sinc is zero at the
+    other multiples of ``L``: skipped). In float32: within ~1e-5 dB of the float64 reference
+    (tests), several times faster on long files; :func:`match_loudness` keeps a 1e-4 dB guard. ``audio`` ``(channels, samples)``."""
+    from scipy.signal import oaconvolve
+
+    from ..metrics import _true_peak_filter, true_peak_oversampling
+
+    a = np.asarray(audio, dtype=np.float32)  # float32 FFTs: ~1e-6 dB from the float64 reference
+    if a.ndim == 1:
+        a = a[None]
+    sp = float(np.max(np.abs(a))) if a.size else 0.0
+    factor = true_peak_oversampling(sample_rate)
+    if factor == 1 or sp == 0.0:
+        return 20.0 * math.log10(sp) if sp > 0 else float("-inf")
+    h = _true_peak_filter(factor) * factor
+    if (h.size - 1) % (2 * factor):
+        raise AfxError("internal: true-peak filter length does not fit the polyphase split")
+    delay = (h.size - 1) // (2 * factor)
+    n = a.shape[1]
+    peak = sp
+    for p in range(factor):
+        g = h[p::factor]
+        if p == 0 and abs(g[delay] - 1.0) < 1e-9 and np.max(np.abs(np.delete(g, delay))) < 1e-9:
+            continue  # branch 0 is the input itself: the sample peak already covers it
+        y = oaconvolve(a, g[None, :].astype(np.float32), mode="full", axes=1)[:, delay:delay + n]
+        peak = max(peak, float(np.max(np.abs(y))))
+    return 20.0 * math.log10(peak)
 
 
 @dataclass
@@ -132,8 +214,7 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     Gain alone is used when it already keeps the true peak under the ceiling (exact, no limiter).
     Raises AfxError for silent audio or audio shorter than one 400 ms loudness block.
     """
-    from ..metrics import lufs, true_peak_dbtp
-
+    lufs, true_peak_dbtp = fast_lufs, fast_true_peak_dbtp
     check_target(target_lufs, ceiling_dbtp)
     x = np.ascontiguousarray(audio, dtype=np.float32)
     l_in = lufs(x, sample_rate) if input_lufs is None else float(input_lufs)
@@ -142,13 +223,15 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     if not math.isfinite(l_in):
         raise AfxError("audio is silent: no loudness to match")
     notes: list[str] = []
-    tp_in = true_peak_dbtp(x, sample_rate)
+    guard = TRUE_PEAK_GUARD_DB
+    ceiling_check = ceiling_dbtp - guard
     gain = target_lufs - l_in
-    # Fast exact path: plain gain already meets both constraints.
-    if tp_in + gain <= ceiling_dbtp:
+    sample_peak_db = 20.0 * math.log10(max(float(np.max(np.abs(x))), 1e-30))
+    # Fast exact path: plain gain already meets both constraints (the true peak is ≥ the sample peak).
+    if sample_peak_db + gain <= ceiling_check and true_peak_dbtp(x, sample_rate) + gain <= ceiling_check:
         y = x * np.float32(10.0 ** (gain / 20.0))
         l_out, tp = lufs(y, sample_rate), true_peak_dbtp(y, sample_rate)
-        if tp <= ceiling_dbtp:
+        if tp <= ceiling_check:
             return LoudnessResult(y, l_in, target_lufs, l_out, tp, ceiling_dbtp, gain, ceiling_dbtp, 0.0, 1,
                                   abs(l_out - target_lufs) <= tolerance_lu, notes)
     lim_ceiling = ceiling_dbtp
@@ -156,12 +239,12 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     prev: tuple[float, float] | None = None  # (gain, loudness) of the previous round
     rounds = 0
     saturated = False
-    y, l_out, tp = x, l_in, tp_in
+    y, l_out, tp = x, l_in, sample_peak_db
     for rounds in range(1, max_rounds + 1):
         y = _limit(x, sample_rate, gain, lim_ceiling, release_ms, lookahead_ms)
         l_out, tp = lufs(y, sample_rate), true_peak_dbtp(y, sample_rate)
-        if tp > ceiling_dbtp:  # inter-sample overshoot of the limiter: lower its ceiling, render again
-            lim_ceiling -= (tp - ceiling_dbtp) + 0.02
+        if tp > ceiling_check:  # inter-sample overshoot of the limiter: lower its ceiling, render again
+            lim_ceiling -= (tp - ceiling_check) + 0.02
             if lim_ceiling < -24.0:
                 break
             continue
@@ -183,7 +266,7 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
             break  # more gain only adds limiting
         gain = gain + float(np.clip(err / slope, -12.0, 6.0))
     if best is None:  # never got under the ceiling by limiting alone: pull the level down
-        peak_over = max(0.0, tp - ceiling_dbtp) + 0.02
+        peak_over = max(0.0, tp - ceiling_check) + 0.02
         y = y * np.float32(10.0 ** (-peak_over / 20.0))
         gain -= peak_over
         l_out, tp = lufs(y, sample_rate), true_peak_dbtp(y, sample_rate)

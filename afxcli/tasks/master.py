@@ -98,7 +98,7 @@ class MasterContext:
         check_target(self.lufs_override if lufs is not None else -14.0, self.ceiling)
         self.ref_lufs = None
         if self.ref_audio is not None:
-            from ..metrics import lufs as measure
+            from .loudness import fast_lufs as measure
 
             self.ref_lufs = measure(self.ref_audio, self.ref_sr)
             if not math.isfinite(self.ref_lufs):
@@ -129,6 +129,7 @@ class MasterContext:
             raise AfxError(f"{self.style_preset.path}: embedding made with another model")
         self._ref_embedding = None
         self._ref_features = {}
+        self._ref_levels = None
         self._lock = threading.Lock()
 
     @property
@@ -158,6 +159,18 @@ class MasterContext:
             if self._ref_embedding is None:
                 self._ref_embedding = self.predictor.embed(self.ref_audio, self.ref_sr)
             return self._ref_embedding
+
+    def reference_levels(self) -> dict | None:
+        """The reference's file, LUFS, true peak and crest (measured once per batch)."""
+        from .report import levels
+
+        if self.ref_audio is None:
+            return None
+        with self._lock:
+            if self._ref_levels is None:
+                self._ref_levels = {"file": str(self.ref_path),
+                                    **levels(self.ref_audio, self.ref_sr, lufs_value=self.ref_lufs)}
+            return dict(self._ref_levels)
 
     def reference_features(self, max_hz: float):
         from .refine import recording_features
@@ -229,7 +242,7 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
     """Master one file (whole length, own rate); write the output (and report/plot/trace) atomically."""
     from ..audio import read_audio, write_audio
     from ..effects.chain import Chain
-    from ..metrics import lufs as measure_lufs
+    from .loudness import fast_lufs as measure_lufs
     from ..trace import ParameterTrace, units_of
     from .report import levels, plot_master, smoothed_spectrum_db, write_report
 
@@ -279,8 +292,7 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
         "output": {"file": str(output_path), "lufs": round(loud.output_lufs, 4),
                    "true_peak_dbtp": round(loud.true_peak_dbtp, 4),
                    "crest_db": levels(y, sr, lufs_value=loud.output_lufs, true_peak=loud.true_peak_dbtp)["crest_db"]},
-        "reference": ({"file": str(ctx.ref_path), **levels(ctx.ref_audio, ctx.ref_sr, lufs_value=ctx.ref_lufs)}
-                      if ctx.ref_audio is not None else None),
+        "reference": ctx.reference_levels(),
         "sample_rate": sr, "channels": int(audio.shape[0]), "seconds": round(audio.shape[1] / sr, 4),
         "method": ctx.method,
         "target_lufs": ctx.target_lufs, "target_source": ctx.target_source, "ceiling_dbtp": ctx.ceiling,

@@ -1,8 +1,8 @@
 """Per-file reports of ``afx master``: level figures, the JSON report and the ``--plot`` PNG.
 
-Level figures of a recording ``(channels, samples)``: integrated loudness (LUFS, BS.1770-4 via
-pyloudnorm), true peak (dBTP, BS.1770-4 Annex 2) and crest factor (dB, sample peak over RMS) from
-:mod:`afxcli.metrics`. The plot shows the 1/3-octave-smoothed average spectra (Welch, mono mix) of
+Level figures of a recording ``(channels, samples)``: integrated loudness (LUFS, BS.1770-4,
+pyloudnorm's algorithm vectorized), true peak (dBTP, BS.1770-4 Annex 2, as :mod:`afxcli.metrics`
+computes it; see :mod:`afxcli.tasks.loudness`) and crest factor (dB, sample peak over RMS). The plot shows the 1/3-octave-smoothed average spectra (Welch, mono mix) of
 input, reference and output, each normalized to its own loudness so the shapes compare, and, when
 the chain setting varies over time, the parameter automation.
 """
@@ -28,7 +28,8 @@ def levels(audio: np.ndarray, sample_rate: float, lufs_value: float | None = Non
            true_peak: float | None = None) -> dict:
     """``{"lufs", "true_peak_dbtp", "crest_db"}`` of ``audio`` ``(channels, samples)`` (``None`` where
     undefined, e.g. silence); already measured values may be passed in."""
-    from ..metrics import crest_factor_db, lufs, true_peak_dbtp
+    from ..metrics import crest_factor_db
+    from .loudness import fast_lufs as lufs, fast_true_peak_dbtp as true_peak_dbtp
 
     return {"lufs": _finite(lufs(audio, sample_rate) if lufs_value is None else lufs_value),
             "true_peak_dbtp": _finite(true_peak_dbtp(audio, sample_rate) if true_peak is None else true_peak),

@@ -149,8 +149,8 @@ def search_threshold(audio: np.ndarray, sample_rate: float, target_lufs: float, 
     whose output loudness is within ``tolerance_lu`` of ``target_lufs`` (or, failing that, the grid
     point closest to it). Bisection over the grid (loudness is monotonic in the threshold here)."""
     from ..effects import create
-    from ..metrics import lufs
     from ..render import render_effect
+    from .loudness import fast_lufs as lufs
 
     x = np.asarray(audio, dtype=np.float32)
     sr = float(sample_rate)
@@ -225,7 +225,7 @@ def rule_based(audio: np.ndarray, sample_rate: float, ref_audio: np.ndarray, ref
     """Design the baseline for ``audio`` ``(channels, samples)`` against ``ref_audio``: matched FIR EQ,
     compressor threshold search to the reference's loudness (or ``target_lufs``), and the gain that
     remains (when the EQ'd input is already louder than the target)."""
-    from ..metrics import lufs
+    from .loudness import fast_lufs as lufs
 
     if target_lufs is None:
         target_lufs = lufs(ref_audio, ref_rate)
