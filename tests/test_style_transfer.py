@@ -15,9 +15,9 @@ from afxcli.errors import AfxError
 from afxcli.nn import StyleModel, make_analyzer
 from afxcli.tasks.style import (StylePredictor, load_style_preset, make_style_preset, save_style_checkpoint)
 
-MODEL_SR = 8000
-CHAIN = {"effects": [{"type": "peq"}, {"type": "compressor"}, {"type": "gain"}]}
-CONFIG = {"data": {"sample_rate": MODEL_SR, "clip_samples": 8000},
+MODEL_SR = 16000
+from afxcli.train.style import STYLE_CHAIN as CHAIN  # noqa: E402  (the shipped models' chain)
+CONFIG = {"data": {"sample_rate": MODEL_SR, "clip_samples": 16000},
           "task_options": {"frontend": "logmel", "encoder": "mobilenet",
                            "frontend_options": {"n_fft": 256, "hop_samples": 64, "n_mels": 32},
                            "encoder_options": {"embed_dim": 16, "head_channels": 32,
@@ -84,8 +84,8 @@ def test_style_transfer_cli_model_end_to_end(model_path, tmp_path, capsys):
     assert np.all(np.isfinite(y))
     tr = json.loads(trc.read_text())
     assert tr["format"] == "afx-trace" and tr["sample_rate"] == sr and tr["n_samples"] == int(2.3 * sr)
-    assert "compressor.threshold_db" in tr["params"]
-    assert "compressor.threshold_db" in cap.out and "dB" in cap.out  # the rich table of physical values
+    assert "comp.threshold_db" in tr["params"]
+    assert "comp.threshold_db" in cap.out and "dB" in cap.out  # the rich table of physical values
     # the trace renders back to the same audio with `afx render`
     again = tmp_path / "again.wav"
     assert main(["render", str(inp), "--preset", str(trc), "-o", str(again)]) == 0
@@ -156,7 +156,7 @@ def test_master_with_model_and_refine(model_path, tmp_path, capsys):
     r = json.loads(rep.read_text())
     assert r["method"] == "model" and r["chain"]["model_id"]
     assert r["output"]["true_peak_dbtp"] <= -1.0
-    assert "peq.peak1_gain_db" in r["chain"]["values"] and r["refine"]["steps"] == 1
+    assert "eq.peak1_gain_db" in r["chain"]["values"] and r["refine"]["steps"] == 1
 
 
 def test_style_errors_one_line_no_output(model_path, tmp_path, capsys):
