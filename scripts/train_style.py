@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stop_reason: {result.stop_reason}", file=sys.stderr)
         if args.no_eval:
             return 0
-        figures = evaluate_run(Path(args.out), config)
+        figures = evaluate_run(Path(args.out))
     except AfxError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -100,17 +100,15 @@ def _session_step_times(log_path: Path, last_step: int) -> list[float]:
     return out[-200:]
 
 
-def evaluate_run(out: Path, config: dict) -> dict[str, float]:
+def evaluate_run(out: Path) -> dict[str, float]:
     """Validation MR-STFT of input and model (best checkpoint, else last) on the fixed validation pairs."""
     from afxcli.effects.chain import Chain
-    from afxcli.train.style import StyleTask, evaluate
+    from afxcli.train.style import evaluate, style_val_batches
 
     model, chain_spec, ck_config = load_for_inference(out)
-    task = StyleTask.__new__(StyleTask)  # only the data side is needed: no second model
-    task.config, task.chain_spec = ck_config, chain_spec
-    task.chain = Chain(chain_spec, ck_config["data"]["sample_rate"])
+    chain = Chain(chain_spec, ck_config["data"]["sample_rate"])
     with torch.no_grad():
-        r = evaluate(model, task.chain, task.val_batches())
+        r = evaluate(model, chain, style_val_batches(ck_config, chain_spec))
     return {"style_val_mrstft_input": r["mrstft_input"], "style_val_mrstft_model": r["mrstft_model"],
             "style_val_mrstft_reduction": r["reduction_pct"]}
 

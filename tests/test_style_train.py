@@ -11,7 +11,8 @@ import torch
 from afxcli.effects.chain import Chain
 from afxcli.train import load_for_inference, run_training, train, validate_config
 from afxcli.train.style import (BYPASS_DISTRIBUTIONS, PEAK_BANDS_HZ, STYLE_CHAIN, STYLE_DISTRIBUTIONS, StylePairDataset,
-                                StyleTask, evaluate, make_pair, neutral_q, random_style, style_to_q)
+                                StyleTask, evaluate, make_pair, neutral_q, random_style, style_to_q,
+                                style_val_batches)
 
 SR = 24000
 
@@ -149,7 +150,7 @@ def test_afx_train_style_resumes_and_loads_for_inference(tmp_path):
     with torch.no_grad():
         q = model(x, ref)
     assert q.shape == (1, 22) and float(q.min()) > 0 and float(q.max()) < 1
-    figures = evaluate(model, Chain(chain_spec, SR), StyleTask(ck_config).val_batches())
+    figures = evaluate(model, Chain(chain_spec, SR), style_val_batches(ck_config, chain_spec))
     assert figures["mrstft_input"] > 0 and math.isfinite(figures["mrstft_model"])
 
 
@@ -176,3 +177,24 @@ def test_style_task_spsa_option_gives_gradients():
     task.loss(batch, 0).backward()
     g = task.model.controller.out.weight.grad
     assert g is not None and float(g.abs().sum()) > 0
+
+
+def test_train_style_script_prints_figures(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "train_style", Path(__file__).resolve().parents[1] / "scripts" / "train_style.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = _tiny_config(steps=2)
+    cfg.pop("chain")
+    path = tmp_path / "style.json"
+    path.write_text(json.dumps(cfg))
+    assert mod.main(["--config", str(path), "--out", str(tmp_path / "run"), "--max-minutes", "5"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    for key in ("style_val_mrstft_input", "style_val_mrstft_model", "style_val_mrstft_reduction",
+                "style_seconds_per_step"):
+        assert math.isfinite(float(lines[key].split()[0])), key
+    assert lines["style_step"] == "2 steps"

@@ -328,6 +328,47 @@ class StylePairDataset(ClipDataset):
 # =============================================================================================
 # The task
 # =============================================================================================
+def style_split_files(config: dict, split: str) -> list[Path] | None:
+    """Audio files of ``split`` ("train"/"val"), or None for generated signals."""
+    d = config["data"]
+    if d["corpus"]:
+        from .. import datasets
+
+        names = [d["corpus"]] if isinstance(d["corpus"], str) else d["corpus"]
+        out: list[Path] = []
+        for n in names:
+            out += datasets.files(n, split)
+        if not out:
+            raise AfxError(f"corpus {', '.join(names)}: the {split} split is empty")
+        return out
+    if d["audio_dir"]:
+        rel = list_audio_files(d["audio_dir"])
+        train, val = split_files(rel, d["val_fraction"])
+        chosen = train if split == "train" else val
+        if not chosen:
+            raise AfxError(f"{d['audio_dir']}: the {split} split is empty ({len(rel)} file(s))")
+        return [Path(d["audio_dir"]) / r for r in chosen]
+    return None
+
+
+def style_dataset(config: dict, chain_spec: dict, split: str) -> StylePairDataset:
+    """The train or validation pair dataset of a validated style config (validation: its own seed,
+    so the pairs — crops, styles, halves — are fixed)."""
+    d = config["data"]
+    items = d["items_per_epoch"] if split == "train" else d["val_items"]
+    seed = config["seed"] if split == "train" else config["seed"] + 7919  # fixed val pairs
+    return StylePairDataset(style_split_files(config, split), chain_spec, d["sample_rate"], d["clip_samples"],
+                            d["channels"], items, seed, d["peak_db"], d["bypass_probability"], d["min_energy"])
+
+
+def style_val_batches(config: dict, chain_spec: dict) -> list[dict]:
+    """The fixed validation batches (``data.val_items`` pairs of the validation split)."""
+    from .data import fixed_batches
+
+    b = config["batch_size"]
+    return fixed_batches(style_dataset(config, chain_spec, "val"), b, math.ceil(config["data"]["val_items"] / b))
+
+
 CORPUS_CHOICES = ("music_mastered", "music_multitrack", "speech")
 
 
@@ -411,41 +452,16 @@ class StyleTask(Task):
 
     def split_files(self, split: str) -> list[Path] | None:
         """Audio files of ``split`` ("train"/"val"), or None for generated signals."""
-        d = self.config["data"]
-        if d["corpus"]:
-            from .. import datasets
-
-            names = [d["corpus"]] if isinstance(d["corpus"], str) else d["corpus"]
-            out: list[Path] = []
-            for n in names:
-                out += datasets.files(n, split)
-            if not out:
-                raise AfxError(f"corpus {', '.join(names)}: the {split} split is empty")
-            return out
-        if d["audio_dir"]:
-            rel = list_audio_files(d["audio_dir"])
-            train, val = split_files(rel, d["val_fraction"])
-            chosen = train if split == "train" else val
-            if not chosen:
-                raise AfxError(f"{d['audio_dir']}: the {split} split is empty ({len(rel)} file(s))")
-            return [Path(d["audio_dir"]) / r for r in chosen]
-        return None
+        return style_split_files(self.config, split)
 
     def dataset(self, split: str) -> StylePairDataset:
-        d = self.config["data"]
-        items = d["items_per_epoch"] if split == "train" else d["val_items"]
-        seed = self.config["seed"] if split == "train" else self.config["seed"] + 7919  # fixed val pairs
-        return StylePairDataset(self.split_files(split), self.chain_spec, d["sample_rate"], d["clip_samples"],
-                                d["channels"], items, seed, d["peak_db"], d["bypass_probability"], d["min_energy"])
+        return style_dataset(self.config, self.chain_spec, split)
 
     def train_dataset(self):
         return self.dataset("train")
 
     def val_batches(self) -> list[dict]:
-        from .data import fixed_batches
-
-        d = self.config["data"]
-        return fixed_batches(self.dataset("val"), self.config["batch_size"], math.ceil(d["val_items"] / self.config["batch_size"]))
+        return style_val_batches(self.config, self.chain_spec)
 
     def predict(self, batch: dict) -> torch.Tensor:
         """Normalized chain parameters ``(batch, n_free)`` for the batch's input and reference."""
