@@ -126,7 +126,7 @@ def test_style_task_steps_reduce_loss():
     assert torch.allclose(q0.mean(0), neutral_q(task.chain), atol=0.05)
     opt = torch.optim.Adam(task.model.parameters(), lr=3e-3)
     losses = []
-    for step in range(12):
+    for step in range(10):
         opt.zero_grad()
         loss = task.loss(batch, step)
         loss.backward()
