@@ -37,6 +37,8 @@ DEFAULT_MAX_LIMITING_DB = 8.0
 #: Margin (dB) under the ceiling that the loudness stage aims for, covering the float32 rounding of
 #: :func:`fast_true_peak_dbtp` against :func:`afxcli.metrics.true_peak_dbtp`.
 TRUE_PEAK_GUARD_DB = 1e-4
+#: The limiter's own ceiling starts this far under the target ceiling (its measured overshoot).
+LIMITER_MARGIN_DB = 0.1
 
 
 def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:
@@ -234,7 +236,9 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
         if tp <= ceiling_check:
             return LoudnessResult(y, l_in, target_lufs, l_out, tp, ceiling_dbtp, gain, ceiling_dbtp, 0.0, 1,
                                   abs(l_out - target_lufs) <= tolerance_lu, notes)
-    lim_ceiling = ceiling_dbtp
+    # pedalboard's true-peak limiter lets ~0.05 dB of inter-sample peaks through (measured): start
+    # its ceiling a little lower so the first render usually holds the ceiling already
+    lim_ceiling = ceiling_dbtp - LIMITER_MARGIN_DB
     best: tuple | None = None
     prev: tuple[float, float] | None = None  # (gain, loudness) of the previous round
     rounds = 0
@@ -257,8 +261,14 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
         if prev is not None and abs(gain - prev[0]) > 1e-6:
             slope = (l_out - prev[1]) / (gain - prev[0])
             if slope < 0.05:
-                saturated = True  # pedalboard's limiter: past ~10 dB of limiting more gain is not louder
-                break
+                # pedalboard's limiter is not monotonic: past some limiting more gain is not louder.
+                # Try once halfway back toward the best gain so far, then give up.
+                if saturated or best is None:
+                    saturated = True
+                    break
+                saturated = True
+                gain = 0.5 * (gain + best[1])
+                continue
             slope = float(min(slope, 1.0))
         prev = (gain, l_out)
         limiting = gain - (l_out - l_in)

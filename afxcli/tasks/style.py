@@ -40,6 +40,8 @@ PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 DEFAULT_MODELS = {"music": MODELS_DIR / "style_music.pt", "speech": MODELS_DIR / "style_speech.pt"}
 #: Analysis window when the checkpoint does not say how long its training clips were.
 DEFAULT_WINDOW_SECONDS = 5.0
+#: At most this many analysis windows per file, evenly spread over it (speed on long files).
+MAX_WINDOWS = 12
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,10 +146,22 @@ class StylePredictor:
 
     def embed(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
         """Style embedding ``(embed_dim,)`` of a whole recording ``(channels, samples)``: resampled
-        to the model rate, analyzed by windows and averaged."""
+        to the model rate, analyzed by windows and averaged (at most :data:`MAX_WINDOWS` windows,
+        evenly spread over a long file)."""
         from ..audio import resample
 
-        x = resample(np.asarray(audio, dtype=np.float32), sample_rate, self.sample_rate)
+        a = np.asarray(audio, dtype=np.float32)
+        if getattr(self.model.analyzer.frontend, "channels", "keep") == "mono" and a.shape[0] > 1:
+            a = a.mean(axis=0, keepdims=True)  # the front end mixes to mono anyway (linear: same result)
+        w = self.window_samples
+        ratio = self.sample_rate / float(sample_rate)
+        n_model = int(math.ceil(a.shape[-1] * ratio))
+        if max(1, (n_model + w // 2) // w) > MAX_WINDOWS:
+            # evenly spread windows stand for the whole file; cut at the file's rate, resample only them
+            w_in = int(math.ceil(w / ratio)) + 1
+            starts = np.linspace(0, a.shape[-1] - w_in, MAX_WINDOWS).astype(int)
+            a = np.concatenate([a[:, s:s + w_in] for s in starts], axis=-1)
+        x = resample(a, sample_rate, self.sample_rate)
         with self._lock, torch.no_grad():  # one analysis at a time keeps torch's threads for it
             e = self.model.analyzer.embed_windows(torch.from_numpy(np.ascontiguousarray(x))[None],
                                                   self.window_samples)
