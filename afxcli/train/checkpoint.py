@@ -18,7 +18,6 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch

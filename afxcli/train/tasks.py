@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import AfxError
-from .config import BOOL, DICT, FLOAT, INT, OPT_FLOAT, OPT_INT, OPT_STR, STR, Field, fraction, non_negative, one_of, optional, positive
+from .config import DICT, FLOAT, INT, OPT_INT, OPT_STR, STR, Field, fraction, non_negative, one_of, optional, positive
 
 TASKS: dict[str, type["Task"]] = {}
 
