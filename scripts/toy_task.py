@@ -43,7 +43,7 @@ DEFAULTS = {
     "spsa": {"steps": 300, "batch_size": 8, "lr": 0.05, "options": {"epsilon": 0.02}},
     "fd": {"steps": 100, "batch_size": 4, "lr": 0.05, "options": {"epsilon": 0.01}},
     "half_hybrid": {"steps": 400, "batch_size": 4, "lr": 0.05, "options": {}},
-    "full_hybrid": {"steps": 150, "batch_size": 4, "lr": 0.05, "options": {}},
+    "full_hybrid": {"steps": 300, "batch_size": 4, "lr": 0.05, "options": {}},
     "proxy": {"steps": 150, "batch_size": 4, "lr": 0.05, "options": {}},
 }
 SAMPLE_RATE = 22050
