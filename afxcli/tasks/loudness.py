@@ -45,8 +45,8 @@ def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:
     """Integrated loudness (LUFS), the same computation as pyloudnorm's ``Meter.integrated_loudness``
     (ITU-R BS.1770-4: its K-weighting biquads, 400 ms blocks with 75 % overlap at its block bounds,
     −70 LUFS absolute and −10 LU relative gates, channel weights 1.0 for L/R) with the per-block
-    Python loop replaced by a cumulative sum — agrees with :func:`afxcli.metrics.lufs` to ~1e-6 LU
-    (tests) at a fraction of its time on long files. ``audio`` ``(channels, samples)``; ``nan`` when
+    Python loop replaced by one pass of block sums — agrees with :func:`afxcli.metrics.lufs` to
+    ~1e-9 LU (tests) at a fraction of its time on long files. ``audio`` ``(channels, samples)``; ``nan`` when
     shorter than one block, ``-inf`` for silence."""
     import pyloudnorm
     from scipy.signal import lfilter
@@ -61,28 +61,36 @@ def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:
         return float("nan")
     if a.shape[0] > 5:
         raise AfxError(f"loudness: at most 5 channels, got {a.shape[0]}")
-    y = a
-    for flt in meter._filters.values():
-        y = flt.passband_gain * lfilter(flt.b, flt.a, y, axis=1)
+    b, a_den, gain = np.array([1.0]), np.array([1.0]), 1.0
+    for flt in meter._filters.values():  # the two K-weighting biquads as one 4th-order pass
+        b, a_den, gain = np.convolve(b, flt.b), np.convolve(a_den, flt.a), gain * flt.passband_gain
+    y = lfilter(b * gain, a_den, a, axis=1)
     step = 1.0 - meter.overlap
     n = a.shape[1]
     n_blocks = int(np.round(((n / sr - t_g) / (t_g * step)))) + 1
     j = np.arange(n_blocks)
     lo = (t_g * (j * step) * sr).astype(np.int64)
     hi = np.minimum((t_g * (j * step + 1) * sr).astype(np.int64), n)
-    cs = np.concatenate([np.zeros((y.shape[0], 1)), np.cumsum(y * y, axis=1)], axis=1)
-    z = (cs[:, hi] - cs[:, lo]) / (t_g * sr)                    # (channels, blocks)
+    # channel weights G = 1.0 (L, R, C), 1.41 (surrounds); every later step uses only Σ_i G_i z_i
     g = np.array([1.0, 1.0, 1.0, 1.41, 1.41])[: y.shape[0], None]
+    e = np.einsum("cn,cn,c->n", y, y, g[:, 0]) if y.shape[0] > 1 else np.square(y[0])
+    cuts = np.unique(np.concatenate([lo, hi]))
+    cuts = cuts[cuts < n]
+    seg = np.add.reduceat(e, cuts)                                   # sums between consecutive cuts
+    cs = np.concatenate([[0.0], np.cumsum(seg)])
+    pos = {int(c): k for k, c in enumerate(cuts)}
+    pos[n] = len(cuts)
+    zsum = (cs[[pos[int(h)] for h in hi]] - cs[[pos[int(l_)] for l_ in lo]]) / (t_g * sr)   # Σ_i G_i z_ij
     with np.errstate(divide="ignore", invalid="ignore"):
-        l_blocks = -0.691 + 10.0 * np.log10((g * z).sum(axis=0))
+        l_blocks = -0.691 + 10.0 * np.log10(zsum)
         abs_gate = l_blocks >= -70.0
         if not np.any(abs_gate):
             return float("-inf")
-        rel = -0.691 + 10.0 * np.log10((g[:, 0] * z[:, abs_gate].mean(axis=1)).sum()) - 10.0
+        rel = -0.691 + 10.0 * np.log10(zsum[abs_gate].mean()) - 10.0
         keep = (l_blocks > rel) & (l_blocks > -70.0)
         if not np.any(keep):
             return float("-inf")
-        return float(-0.691 + 10.0 * np.log10((g[:, 0] * z[:, keep].mean(axis=1)).sum()))
+        return float(-0.691 + 10.0 * np.log10(zsum[keep].mean()))
 
 
 def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
