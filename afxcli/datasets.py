@@ -29,8 +29,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
+
 import platformdirs
 
+from .atomic import write_text_atomic
 from .errors import AfxError
 
 #: Corpora the recipes build, with the command that builds each.
@@ -116,9 +118,7 @@ def write_manifest(directory: str | Path, name: str, items: list[dict],
     doc = {"format": MANIFEST_FORMAT, "corpus": name, "val_fraction": val_fraction,
            "split_rule": SPLIT_RULE, **(extra or {}), "items": items}
     path = directory / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     return path
 
 

@@ -33,7 +33,6 @@ import torch
 from ..errors import AfxError
 from ..params import ParamSpec
 from . import create
-from .base import Effect
 
 CHAIN_FORMAT = "afx-chain"
 CHAIN_VERSION = 1

@@ -100,7 +100,8 @@ import numpy as np
 
 from ..effects.chain import CHAIN_FORMAT, Chain, normalize_spec
 from ..errors import AfxError
-from ..trace import TRACE_FORMAT, ParameterTrace, read_json, trace_specs, units_of, write_text_atomic
+from ..atomic import write_bytes_atomic, write_text_atomic
+from ..trace import TRACE_FORMAT, ParameterTrace, read_json, trace_specs, units_of
 
 #: Output formats of :func:`export_preset`.
 FORMATS = ("json", "ffmpeg", "easyeffects", "pedalboard")
@@ -876,26 +877,9 @@ def export_preset(src_path: str | Path, fmt: str, out_path: str | Path | None = 
         try:
             write_text_atomic(out, text if text.endswith("\n") else text + "\n")
             for path, data in extra.items():
-                _write_bytes_atomic(path, data)
+                write_bytes_atomic(path, data)
         except OSError as e:
             raise AfxError(f"{e.filename or out}: cannot write ({e.strerror or e.__class__.__name__})") from None
     return text
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    import tempfile
-
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise AfxError(f"{path}: output folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

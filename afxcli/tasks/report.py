@@ -37,7 +37,7 @@ def levels(audio: np.ndarray, sample_rate: float, lufs_value: float | None = Non
 
 
 def write_report(path: str | Path, report: Mapping) -> None:
-    from ..trace import write_json_atomic
+    from ..atomic import write_json_atomic
 
     write_json_atomic(path, {"format": REPORT_FORMAT, "version": REPORT_VERSION, **report})
 

@@ -14,14 +14,13 @@ leaves the previous checkpoint intact. A run folder holds ``last.pt`` (latest st
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import torch_save_atomic
 from ..errors import AfxError
 
 CHECKPOINT_FORMAT = "afx-checkpoint"
@@ -43,21 +42,8 @@ def _is_proxy_checkpoint(path: Path) -> bool:
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
     """Write ``payload`` (with format and version added) to ``path`` atomically."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    torch_save_atomic(data, p)
     return p
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -38,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..atomic import write_text_atomic
 from ..errors import AfxError
 from .checkpoint import (BEST_NAME, LAST_NAME, LOG_NAME, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
@@ -186,9 +186,7 @@ def _trim_log(path: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, AttributeError):
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(x + "\n" for x in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(x + "\n" for x in kept))
 
 
 def train(config: dict, out_dir: str | Path, resume: bool = True, quiet: bool = False,
