@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Iterable, Union
 import numpy as np
 import soundfile as sf
 
+from .atomic import atomic_open
 from .errors import AfxError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -41,16 +41,6 @@ WRITE_FORMATS: dict[str, tuple[str, str]] = {
 
 #: Most channels afx reads (mono and stereo).
 MAX_CHANNELS = 2
-
-
-def _umask() -> int:
-    """The process umask (read once; ``os.umask`` must set it to read it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
 
 
 @dataclass(frozen=True)
@@ -214,30 +204,16 @@ def write_audio(path: PathLike, audio: np.ndarray, sample_rate: int, subtype: st
     if subtype.startswith("PCM") or subtype in {"ULAW", "ALAW"}:
         data = np.clip(data, -1.0, 1.0)
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".part")
-    except OSError as e:
-        raise AfxError(f"{p}: cannot write in {parent} ({e.strerror or e})") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w+b") as fh:
+        with atomic_open(p, "w+b") as fh:
             with sf.SoundFile(fh, mode="w", samplerate=sr, channels=data.shape[1], format=fmt, subtype=subtype) as f:
                 f.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        mode = p.stat().st_mode & 0o7777 if p.exists() else (0o666 & ~_UMASK)
-        os.chmod(tmp, mode)
-        os.replace(tmp, p)
-    except BaseException as e:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise AfxError(f"{p}: write failed ({reason})") from None
-        if isinstance(e, (sf.LibsndfileError, RuntimeError, ValueError)):
-            raise AfxError(f"{p}: write failed ({' '.join(str(e).split())})") from None
+    except AfxError:
         raise
+    except OSError as e:
+        reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise AfxError(f"{p}: write failed ({reason})") from None
+    except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+        raise AfxError(f"{p}: write failed ({' '.join(str(e).split())})") from None
     return p
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from afxcli import atomic
+from afxcli.atomic import _UMASK
 from afxcli import audio as A
 from afxcli.audio import check_output_path, peak_dbfs, read_audio, resample, write_audio
 from afxcli.errors import AfxError
@@ -257,7 +259,7 @@ def test_failed_write_of_new_file_creates_nothing(tmp_path, monkeypatch):
 def test_replace_keeps_mode_and_new_file_follows_umask(tmp_path):
     target = tmp_path / "a.flac"
     write_audio(target, music_like(1, 8000, 0.1), 8000)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~A._UMASK
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_UMASK
     target.chmod(0o640)
     ino = target.stat().st_ino
     write_audio(target, music_like(2, 8000, 0.3), 8000)
@@ -339,7 +341,7 @@ def test_temp_file_creation_failure_is_clean(tmp_path, monkeypatch):
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(A.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
     with pytest.raises(AfxError, match="cannot write in") as ei:
         write_audio(tmp_path / "out.flac", music_like(1, 8000, 0.1), 8000)
     assert str(tmp_path / "out.flac") in str(ei.value)
