@@ -151,8 +151,14 @@ def test_master_with_model_and_refine(model_path, tmp_path, capsys):
     ref = _write(tmp_path / "mr.wav", audio(1.0, sr, 13, channels=1, tilt=0.5), sr)
     out, rep = tmp_path / "m_out.wav", tmp_path / "m.json"
     rc = main(["master", str(inp), "--ref", str(ref), "--model", str(model_path), "--method", "model",
-               "--refine", "1", "-o", str(out), "--report", str(rep)])
+               "--refine", "1", "-o", str(out), "--report", str(rep), "--trace", str(tmp_path / "m.trace.json")])
     assert rc == 0, capsys.readouterr().err
+    # the trace (chain + loudness gain + limiter actually used) renders back to the same master
+    again = tmp_path / "m_again.wav"
+    assert main(["render", str(inp), "--preset", str(tmp_path / "m.trace.json"), "-o", str(again)]) == 0
+    a, _ = sf.read(str(out), always_2d=True)
+    b, _ = sf.read(str(again), always_2d=True)
+    assert np.max(np.abs(a - b)) < 1e-5
     r = json.loads(rep.read_text())
     assert r["method"] == "model" and r["chain"]["model_id"]
     assert r["output"]["true_peak_dbtp"] <= -1.0
