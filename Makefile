@@ -8,8 +8,9 @@ STAMP  := $(VENV)/.afx-installed
 
 demo: $(STAMP)
 	mkdir -p out
+	$(BIN)/afx master examples/mix_unmastered.flac --ref examples/music_mastered.flac -o out/mix_mastered.flac --report out/mix_mastered.json
 	$(BIN)/afx render examples/mix_unmastered.flac --preset presets/master_gentle.json -o out/mix_gentle_master.flac
-	$(BIN)/afx info examples/mix_unmastered.flac out/mix_gentle_master.flac
+	$(BIN)/afx info examples/mix_unmastered.flac out/mix_mastered.flac out/mix_gentle_master.flac
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
