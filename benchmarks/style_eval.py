@@ -1,0 +1,146 @@
+"""Synthetic full-reference production style transfer (DeepAFx-ST, Steinmetz et al. 2022, §4.1).
+
+For each domain — music at 44.1 kHz (the corpora's real rate; ``music_mastered`` validation split)
+and speech at its own rate (16 kHz; ``speech`` validation split) — ``--n`` fixed pairs are made as in
+training (§2.1, :class:`afxcli.train.style.StylePairDataset`): one crop of ``--clip-seconds``, two
+random production styles (:func:`afxcli.train.style.random_style`) rendered on the whole crop and
+peak-normalized to −12 dBFS, halves A/B; the input is the input style of one half, the reference is
+the reference style of the *other* half, and the target is the reference style of the input's half
+(the reference applied to the input's content). Everything runs at the file's rate: the model
+analyses at its own rate (:class:`afxcli.tasks.style.StylePredictor` resamples) but its chain is
+rendered at 44.1 kHz (or 16 kHz) with pedalboard, exactly as ``afx style-transfer`` does.
+
+Methods: ``input`` (the unprocessed input), ``rule-based`` (DeepAFx-ST §3.3 baseline,
+:func:`afxcli.tasks.rulebased.rule_based`), ``model`` (``--model PATH``, or ``--music-model`` /
+``--speech-model`` per domain). Metrics to the target (DeepAFx-ST §4.1, :mod:`afxcli.metrics`):
+MR-STFT error, mel spectral distance (MSD, dB), spectral-centroid error (Hz), RMS error (dB), LUFS
+error (LU); means over the pairs. Printed as ``style_<domain>_<method>_<metric>: value unit`` plus
+``style_<domain>_<method>_mrstft_reduction: X %`` (``1 − method/input``).
+
+    .venv/bin/python benchmarks/style_eval.py --n 50 --seed 0 [--model runs/style_music/best.pt]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+#: Domain → (corpus, evaluation rate in Hz, channels).
+DOMAINS = {"music": ("music_mastered", 44100, 2), "speech": ("speech", 16000, 1)}
+#: Metric → (key in the result, unit).
+METRICS = {"mrstft": ("mrstft", ""), "msd": ("msd_db", "dB"), "sce": ("spectral_centroid_error_hz", "Hz"),
+           "rms_error": ("rms_error_db", "dB"), "lufs_error": ("lufs_error_lu", "LU")}
+
+
+def pair_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float) -> dict[str, float]:
+    """Full-reference errors of ``output`` to ``target`` (both ``(channels, samples)``)."""
+    from afxcli import metrics
+
+    return {"mrstft": metrics.mrstft_error(output, target),
+            "msd_db": metrics.mel_spectral_distance_db(output, target, sample_rate),
+            "spectral_centroid_error_hz": metrics.spectral_centroid_error_hz(output, target, sample_rate),
+            "rms_error_db": abs(metrics.rms_dbfs(output) - metrics.rms_dbfs(target)),
+            "lufs_error_lu": abs(metrics.lufs(output, sample_rate) - metrics.lufs(target, sample_rate))}
+
+
+def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int, n: int, seed: int,
+                   clip_seconds: float, predictor=None, progress: bool = False) -> dict[str, dict[str, float]]:
+    """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs.
+
+    ``files``: audio files of the split (None: generated music-like clips, for tests). Pair ``k`` is
+    item ``k`` of a :class:`~afxcli.train.style.StylePairDataset` seeded with ``seed`` (fixed crops,
+    styles and halves). ``predictor``: a loaded :class:`~afxcli.tasks.style.StylePredictor` or None.
+    """
+    from afxcli.effects.chain import Chain
+    from afxcli.render import render_chain
+    from afxcli.tasks.rulebased import rule_based
+    from afxcli.train.style import STYLE_CHAIN, StylePairDataset
+
+    clip = int(round(clip_seconds * sample_rate)) // 2 * 2
+    ds = StylePairDataset(files, STYLE_CHAIN, sample_rate, clip, channels, items_per_epoch=n, seed=seed)
+    chain = Chain(predictor.chain_spec, sample_rate) if predictor is not None else None
+    rows: dict[str, list[dict[str, float]]] = {"input": [], "rule-based": []}
+    if predictor is not None:
+        rows["model"] = []
+    t0 = time.perf_counter()
+    for k in range(n):
+        item = ds[k]
+        x, ref, target = (item[key].numpy().astype(np.float32) for key in ("input", "reference", "target"))
+        rows["input"].append(pair_metrics(x, target, sample_rate))
+        rb = rule_based(x, sample_rate, ref, sample_rate).apply(x, sample_rate)
+        rows["rule-based"].append(pair_metrics(rb, target, sample_rate))
+        if predictor is not None:
+            values = predictor.predict(x, sample_rate, ref, sample_rate)
+            y = render_chain(chain, x, values)
+            rows["model"].append(pair_metrics(y, target, sample_rate))
+        if progress:
+            print(f"  pair {k + 1}/{n} ({item['name']}): input mrstft {rows['input'][-1]['mrstft']:.3f}, "
+                  f"rule-based {rows['rule-based'][-1]['mrstft']:.3f}"
+                  + (f", model {rows['model'][-1]['mrstft']:.3f}" if predictor is not None else "")
+                  + f" [{time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
+    return {m: {key: float(np.mean([r[key] for r in rs])) for key in rs[0]} for m, rs in rows.items()}
+
+
+def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
+    """``style_<domain>_<method>_<metric>: value unit`` lines and the MR-STFT reductions."""
+    lines = []
+    for method, vals in result.items():
+        m = method.replace("-", "_")
+        for name, (key, unit) in METRICS.items():
+            lines.append(f"style_{domain}_{m}_{name}: {vals[key]:.4f} {unit}".rstrip())
+    base = result["input"]["mrstft"]
+    for method in result:
+        if method != "input":
+            red = 100.0 * (1.0 - result[method]["mrstft"] / base) if base > 0 else math.nan
+            lines.append(f"style_{domain}_{method.replace('-', '_')}_mrstft_reduction: {red:.1f} %")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=50, help="pairs per domain")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-seconds", type=float, default=10.0,
+                   help="whole crop (both halves; DeepAFx-ST: ≈10 s)")
+    p.add_argument("--domains", default="music,speech")
+    p.add_argument("--model", default=None, help="style model for every domain (checkpoint path or music/speech)")
+    p.add_argument("--music-model", default=None)
+    p.add_argument("--speech-model", default=None)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    from afxcli import datasets
+    from afxcli.tasks.style import StylePredictor, resolve_model_path
+
+    import torch
+    torch.set_num_threads(1)
+    out: list[str] = []
+    for domain in [d.strip() for d in args.domains.split(",") if d.strip()]:
+        if domain not in DOMAINS:
+            raise SystemExit(f"unknown domain {domain!r} (known: {', '.join(DOMAINS)})")
+        corpus, sr, channels = DOMAINS[domain]
+        files = datasets.files(corpus, "val")
+        model = getattr(args, f"{domain}_model") or args.model
+        predictor = StylePredictor.load(resolve_model_path(model, domain)) if model else None
+        print(f"{domain}: {len(files)} validation files of {corpus}, {sr} Hz, {channels} ch, "
+              f"{args.n} pairs of {args.clip_seconds:g} s, seed {args.seed}, model "
+              f"{predictor.path if predictor else '(none)'}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
+                                progress=not args.quiet)
+        print(f"{domain}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        out += figure_lines(domain, result)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
