@@ -28,12 +28,32 @@ def levels(audio: np.ndarray, sample_rate: float, lufs_value: float | None = Non
            true_peak: float | None = None) -> dict:
     """``{"lufs", "true_peak_dbtp", "crest_db"}`` of ``audio`` ``(channels, samples)`` (``None`` where
     undefined, e.g. silence); already measured values may be passed in."""
-    from ..metrics import crest_factor_db
     from .loudness import fast_lufs as lufs, fast_true_peak_dbtp as true_peak_dbtp
 
     return {"lufs": _finite(lufs(audio, sample_rate) if lufs_value is None else lufs_value),
             "true_peak_dbtp": _finite(true_peak_dbtp(audio, sample_rate) if true_peak is None else true_peak),
-            "crest_db": _finite(crest_factor_db(audio))}
+            "crest_db": _finite(crest_db(audio))}
+
+
+def crest_db(audio: np.ndarray) -> float:
+    """Crest factor ``20·log10(max|x| / RMS)`` over all channels (sample peak), the definition of
+    :func:`afxcli.metrics.crest_factor_db`, without its float64 copy: squares in the input's
+    precision, summed pairwise into a float64 accumulator, in chunks. ``audio`` ``(channels,
+    samples)`` or ``(samples,)``; ``nan`` for silence or no samples."""
+    a = np.asarray(audio)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    a = a.reshape(-1)
+    if a.size == 0:
+        return float("nan")
+    peak, energy = 0.0, 0.0
+    for s in range(0, a.size, 1 << 18):
+        c = a[s:s + (1 << 18)]
+        peak = max(peak, float(np.max(np.abs(c))))
+        energy += float(np.square(c).sum(dtype=np.float64))
+    if energy == 0.0:
+        return float("nan")
+    return 20.0 * math.log10(peak / math.sqrt(energy / a.size))
 
 
 def write_report(path: str | Path, report: Mapping) -> None:
