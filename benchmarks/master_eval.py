@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -142,7 +140,7 @@ def evaluate(pairs: Sequence[tuple[Path, Path]], methods: dict, ceiling: float, 
             y, y_sr = read_audio(out)
             rows[name].append(distances(recording_stats(y, y_sr), ref_stats[-1]))
         if progress:
-            print(f"  pair {k + 1}/{len(pairs)}: {Path(mix).parent.name} -> {Path(ref).name} "
+            print(f"  pair {k + 1}/{len(pairs)} done "
                   f"[{time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
     if matchering_python:
         jobs = [(Path(m), Path(r), workdir / f"matchering_{k}.wav") for k, (m, r) in enumerate(pairs)]
@@ -216,8 +214,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="afx-master-eval-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        originals = validation_pairs(args.n)
+        for k, (m, r) in enumerate(originals):
+            print(f"  pair {k}: {Path(m).parent.name}/{Path(m).name} + {Path(r).name}", file=sys.stderr)
         pairs = [(excerpt(m, args.max_seconds, work, f"mix_{k}"), excerpt(r, args.max_seconds, work, f"ref_{k}"))
-                 for k, (m, r) in enumerate(validation_pairs(args.n))]
+                 for k, (m, r) in enumerate(originals)]
         print(f"{len(pairs)} pairs, methods: input, {', '.join(methods)}{', matchering' if mpy else ''}; "
               f"crop: {args.max_seconds or 'none'}", file=sys.stderr, flush=True)
         rows = evaluate(pairs, methods, args.ceiling, work, mpy, progress=True)

@@ -1,0 +1,96 @@
+"""The evaluation benchmarks' core functions on tiny generated inputs (no corpora, no Matchering)."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def style_eval():
+    return _load("style_eval")
+
+
+@pytest.fixture(scope="module")
+def master_eval():
+    return _load("master_eval")
+
+
+@pytest.fixture(scope="module")
+def master_speed():
+    return _load("master_speed")
+
+
+def test_style_pairs_on_generated_audio(style_eval):
+    res = style_eval.evaluate_pairs(None, 16000, 1, n=2, seed=3, clip_seconds=1.0)
+    assert set(res) == {"input", "rule-based"}  # no model given: no model row
+    for method in res.values():
+        assert set(method) == {"mrstft", "msd_db", "spectral_centroid_error_hz", "rms_error_db", "lufs_error_lu"}
+        assert all(math.isfinite(v) and v >= 0 for v in method.values())
+    assert res["input"]["mrstft"] > 0.05  # two different random styles: the input is not the target
+    lines = style_eval.figure_lines("speech", res)
+    assert "style_speech_input_mrstft: " in "\n".join(lines)
+    red = [ln for ln in lines if ln.startswith("style_speech_rule_based_mrstft_reduction: ")]
+    assert len(red) == 1 and red[0].endswith(" %")
+    expected = 100 * (1 - res["rule-based"]["mrstft"] / res["input"]["mrstft"])
+    assert float(red[0].split()[1]) == pytest.approx(expected, abs=0.05)
+
+
+def test_style_pair_metrics_zero_for_the_target_itself(style_eval):
+    rng = np.random.default_rng(0)
+    x = (0.1 * rng.standard_normal((1, 16000))).astype(np.float32)
+    m = style_eval.pair_metrics(x, x, 16000)
+    assert all(v == pytest.approx(0.0, abs=1e-6) for v in m.values())
+    m6 = style_eval.pair_metrics(x * np.float32(2.0), x, 16000)  # +6.02 dB
+    assert m6["rms_error_db"] == pytest.approx(6.0206, abs=1e-3)
+    assert m6["lufs_error_lu"] == pytest.approx(6.0206, abs=1e-2)
+
+
+def test_master_distances_of_a_gain(master_eval):
+    from afxcli.train.data import music_like
+
+    x = music_like(np.random.default_rng(1), 44100, 44100 * 2, 2)
+    ref = master_eval.recording_stats(x, 44100)
+    out = master_eval.recording_stats(x * np.float32(10 ** (-3 / 20)), 44100)
+    d = master_eval.distances(out, ref)
+    assert d["lufs_error"] == pytest.approx(3.0, abs=0.01)
+    assert d["msd"] == pytest.approx(3.0, abs=1e-3)  # a pure gain moves every mel band by its dB
+    assert d["crest_error"] == pytest.approx(0.0, abs=1e-4)
+    assert d["sce"] == pytest.approx(0.0, abs=1e-3)
+    assert d["true_peak"] == pytest.approx(ref["true_peak_dbtp"] - 3.0, abs=1e-3)
+
+
+def test_master_figure_lines_flag_items_over_the_ceiling(master_eval):
+    row = {"lufs_error": 0.1, "msd": 1.0, "sce": 10.0, "crest_error": 0.5}
+    rows = {"input": [dict(row, true_peak=0.0)] * 2,
+            "afx_rule_based": [dict(row, true_peak=-1.2), dict(row, true_peak=-1.1)],
+            "matchering": [dict(row, true_peak=-1.2), dict(row, true_peak=-0.3)]}
+    text = "\n".join(master_eval.figure_lines(rows, -1.0))
+    assert "master_afx_rule_based_over_ceiling: 0 of 2 items" in text
+    assert "master_matchering_over_ceiling: 1 of 2 items (pairs 1 above -1 dBTP)" in text
+    assert "master_matchering_true_peak_max: -0.300 dBTP" in text
+    assert "master_input_over_ceiling" not in text
+
+
+def test_master_speed_measures_the_child_not_the_parent(master_speed):
+    import torch  # noqa: F401  (this process is large; the child must not inherit its peak RSS)
+
+    wall, small_mb = master_speed.measure([sys.executable, "-S", "-c", "pass"])
+    assert 0 < wall < 10 and small_mb < 60
+    _, big_mb = master_speed.measure([sys.executable, "-S", "-c", "b = bytearray(150_000_000); b[::4096] = b'x' * len(b[::4096])"])
+    assert big_mb > small_mb + 140
+    with pytest.raises(RuntimeError):
+        master_speed.measure([sys.executable, "-S", "-c", "raise SystemExit(3)"])
