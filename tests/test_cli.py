@@ -88,7 +88,8 @@ def test_info_reports_rate_channels_duration_peak(capfd, good_files):
     assert len(lines) == 2
     assert "stereo48.flac: 48000 Hz, 2 ch, 0.500 s, peak  -0.92 dBFS, FLAC PCM_24" in lines[0]
     assert "mono44.wav: 44100 Hz, 1 ch, 0.250 s, peak  -6.02 dBFS, WAV PCM_16" in lines[1]
-    assert err == ""
+    # nothing from afx on stderr (VST3 plugin destructors of earlier tests may print DPF warnings)
+    assert [ln for ln in err.splitlines() if not ln.startswith("DPF warning")] == []
 
 
 def test_info_expands_folders(capfd, good_files):
