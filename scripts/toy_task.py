@@ -56,7 +56,8 @@ def music_source(rng: np.random.Generator, n_items: int, n_samples: int, split: 
     return np.stack([music_like(rng, SAMPLE_RATE, n_samples, 1)[0] for _ in range(n_items)])
 
 
-def train_toy_proxy(out: Path, steps: int, seed: int, model_config: dict, lr: float, time_weight: float) -> Path:
+def train_toy_proxy(out: Path, steps: int, seed: int, model_config: dict, lr: float, time_weight: float,
+                    stft_windows: tuple[int, ...] = (64, 256, 1024), eq_lr_scale: float = 1.0) -> Path:
     from afxcli.grad.proxy import train_proxy
 
     path = out / "proxy.pt"
@@ -64,6 +65,7 @@ def train_toy_proxy(out: Path, steps: int, seed: int, model_config: dict, lr: fl
     _, hist = train_proxy(TOY_CHAIN, SAMPLE_RATE, audio_source=music_source, steps=steps, batch=8,
                           clip_samples=CLIP_SAMPLES, lr=lr, seed=seed, checkpoint_path=path, resume=True,
                           model_config=model_config, checkpoint_every=50, val_every=100, val_items=16, time_weight=time_weight,
+                          stft_windows=stft_windows, eq_lr_scale=eq_lr_scale,
                           log=lambda m: print(f"proxy {m}", file=sys.stderr, flush=True))
     v = [h for h in hist if "val_rel_mae" in h]
     if v:
@@ -89,6 +91,11 @@ def main() -> int:
     ap.add_argument("--proxy-dilations", default="1,8,64,512")
     ap.add_argument("--proxy-gain-db", type=float, default=None,
                     help="BE-AFX gain output y = g·x with g up to this many dB (default: direct output)")
+    ap.add_argument("--proxy-eq-bands", type=int, default=0,
+                    help="minimum-phase EQ branch with this many log-spaced magnitude points (0: off)")
+    ap.add_argument("--proxy-eq-fft", type=int, default=2048, help="EQ branch impulse-response length")
+    ap.add_argument("--proxy-eq-lr-scale", type=float, default=1.0, help="EQ branch lr = proxy lr × this")
+    ap.add_argument("--proxy-stft", default="64,256,1024", help="MR-STFT windows of the proxy's loss")
     ap.add_argument("--proxy-time-weight", type=float, default=100.0, help="α of the proxy's MR-STFT + α·MAE loss")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hidden-seed", type=int, default=1234)
@@ -116,8 +123,12 @@ def main() -> int:
                 "dilations": [int(v) for v in args.proxy_dilations.split(",")]}
         if args.proxy_gain_db is not None:
             pcfg.update(gain_output=True, max_gain_db=args.proxy_gain_db)
+        if args.proxy_eq_bands:
+            pcfg.update(eq_bands=args.proxy_eq_bands, eq_fft=args.proxy_eq_fft)
         task_options["proxy_path"] = str(train_toy_proxy(out, args.proxy_steps, args.seed, pcfg, args.proxy_lr,
-                                                          args.proxy_time_weight))
+                                                          args.proxy_time_weight,
+                                                          tuple(int(v) for v in args.proxy_stft.split(",")),
+                                                          args.proxy_eq_lr_scale))
     steps = args.steps or d["steps"]
     config = load_config(None, "toy", {
         "seed": args.seed, "steps": steps, "lr": args.lr or d["lr"], "batch_size": args.batch_size or d["batch_size"],

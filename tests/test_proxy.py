@@ -293,3 +293,58 @@ def test_full_hybrid_through_a_vst3_black_box():
     qp = q.detach().clone().requires_grad_()
     model(x, qp).sum().backward()
     assert torch.allclose(q.grad, qp.grad, atol=1e-7) and q.grad.abs().sum() > 0
+
+
+# ---- minimum-phase EQ branch (ProxyConfig.eq_bands) ----------------------------------------------
+EQ_SPEC = [{"type": "peq", "options": {"n_peaks": 1},
+            "free": {"low_shelf_gain_db": {"min": -12, "max": 12}, "peak1_gain_db": {"min": -12, "max": 12}}}]
+TINY_EQ = dict(TINY, eq_bands=24, eq_fft=512, gain_output=True, max_gain_db=1.0)
+
+
+def test_eq_branch_starts_as_bypass_and_is_minimum_phase():
+    for gain in (False, True):
+        m = ProxyTCN(ProxyConfig(n_params=2, **dict(TINY_EQ, gain_output=gain)))
+        x = audio(batch=2, channels=2, n=700)
+        assert torch.allclose(m(x, torch.rand(2, 2)), x, atol=1e-5)  # starts as identity
+        assert m(x, torch.rand(2, 2, 3)).shape == x.shape
+    m = randomized(m)
+    assert m.receptive_field_samples == 1 + 2 * 3 + 511
+    q = torch.rand(3, 2, dtype=torch.float64)
+    h = m.double().eq_impulse_responses(q)  # (3, 512)
+    log_mag = m.eq_mlp(q) @ m.eq_interp.T.double()
+    # its magnitude is the MLP's log-magnitude response ...
+    assert torch.allclose(torch.fft.rfft(h).abs().log(), log_mag, atol=1e-6)
+    # ... and among filters with that magnitude it is the minimum-phase one: the most energy up front
+    lin = torch.fft.irfft(log_mag.exp(), n=512).roll(256, -1)  # zero-phase (linear-phase) twin
+    front = lambda g: (g[:, :32] ** 2).sum(-1) / (g ** 2).sum(-1)
+    assert bool((front(h) > front(lin)).all())
+    # causal: output n depends on inputs <= n only
+    x = audio(batch=1, channels=1, n=600).double()
+    x2 = x.clone()
+    x2[..., 400:] += 1.0
+    qq = torch.rand(1, 2, dtype=torch.float64)
+    assert torch.equal(m(x, qq)[..., :400], m(x2, qq)[..., :400]) or \
+        torch.allclose(m(x, qq)[..., :400], m(x2, qq)[..., :400], atol=1e-12)
+
+
+def test_eq_branch_per_block_parameters_switch_filters_at_block_boundaries():
+    m = randomized(ProxyTCN(ProxyConfig(n_params=2, **TINY_EQ)), seed=3).double()
+    x = audio(batch=2, channels=1, n=900).double()
+    q = torch.rand(2, 2, 3, dtype=torch.float64)
+    u = m._eq(x, q, 300)
+    for k in range(3):  # each block's samples are that block's static filter's output
+        uk = m._eq(x, q[:, :, k], None)
+        assert torch.allclose(u[..., 300 * k:300 * (k + 1)], uk[..., 300 * k:300 * (k + 1)], atol=1e-12)
+
+
+def test_eq_branch_learns_an_eq_faster_than_the_plain_tcn(one_thread):
+    kw = dict(steps=60, batch=4, clip_samples=2048, lr=3e-3, seed=0, val_every=60, val_items=8)
+    _, plain = train_proxy(EQ_SPEC, SR, None, model_config=dict(TINY, gain_output=True, max_gain_db=12.0), **kw)
+    _, eq = train_proxy(EQ_SPEC, SR, None, model_config=dict(TINY_EQ, max_gain_db=12.0), eq_lr_scale=10.0, **kw)
+    # measured: 0.0158 vs 0.0268 (identity 0.0285)
+    assert eq[-1]["val_mae"] < 0.7 * plain[-1]["val_mae"], (eq[-1], plain[-1])
+    assert eq[-1]["val_mae"] < 0.65 * eq[-1]["identity_mae"], eq[-1]
+    with pytest.raises(AfxError):
+        train_proxy(EQ_SPEC, SR, None, steps=1, model_config=TINY_EQ, eq_lr_scale=0.0)
+    with pytest.raises(AfxError):
+        ProxyConfig(n_params=2, eq_bands=8, eq_fft=500)

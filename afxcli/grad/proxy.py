@@ -82,6 +82,15 @@ class ProxyConfig:
         max_gain_db: largest gain the gain output can apply (0 dB: attenuation only, as a
             compressor without makeup; raise it for chains that can boost).
         film_hidden: hidden units of the MLP mapping ``q`` to the FiLM scales and shifts.
+        eq_bands: ``> 0`` adds a linear **minimum-phase EQ branch** in front of the TCN: an MLP maps
+            ``q`` to a log-magnitude response at ``eq_bands`` log-spaced frequencies (linearly
+            interpolated to the FFT bins), turned into a causal minimum-phase impulse response of
+            ``eq_fft`` samples by cepstral folding, which filters the input: ``u = h_q * x``. The
+            TCN then sees ``u`` and the output is ``g·u`` (gain output) or ``u + TCN`` (direct
+            output). The branch and the output layer start as the identity (0 dB, ``g = 1``), so
+            the proxy starts as a bypass. Suited to chains that start with an EQ (linear) followed
+            by dynamics (a gain); 0 (default) is the plain DeepAFx-ST TCN.
+        eq_fft: impulse-response length (FFT size, a power of two) of the EQ branch.
     """
 
     n_params: int
@@ -92,11 +101,17 @@ class ProxyConfig:
     gain_output: bool = False
     max_gain_db: float = 0.0
     film_hidden: int = 32
+    eq_bands: int = 0
+    eq_fft: int = 4096
 
     def __post_init__(self) -> None:
         self.dilations = tuple(int(d) for d in self.dilations)
         if self.n_params < 0 or self.width < 1 or self.kernel_size < 1 or self.film_hidden < 1:
             raise AfxError(f"proxy config: invalid sizes {self}")
+        if self.eq_bands < 0 or self.eq_bands == 1:
+            raise AfxError(f"proxy config: eq_bands must be 0 (off) or >= 2, got {self.eq_bands}")
+        if self.eq_bands and (self.eq_fft < 16 or self.eq_fft & (self.eq_fft - 1)):
+            raise AfxError(f"proxy config: eq_fft must be a power of two >= 16, got {self.eq_fft}")
         if not self.dilations or any(d < 1 for d in self.dilations):
             raise AfxError(f"proxy config: dilations must be positive integers, got {self.dilations}")
         if not self.causal and self.kernel_size % 2 == 0:
@@ -106,8 +121,10 @@ class ProxyConfig:
 
     @property
     def receptive_field_samples(self) -> int:
-        """Input samples one output sample depends on: ``1 + Σ_b (kernel_size − 1)·d_b``."""
-        return 1 + sum((self.kernel_size - 1) * d for d in self.dilations)
+        """Input samples one output sample depends on: ``1 + Σ_b (kernel_size − 1)·d_b``
+        (plus ``eq_fft − 1`` with the EQ branch)."""
+        rf = 1 + sum((self.kernel_size - 1) * d for d in self.dilations)
+        return rf + (self.eq_fft - 1 if self.eq_bands else 0)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -170,6 +187,21 @@ class ProxyTCN(torch.nn.Module):
         torch.nn.init.zeros_(self.film[-1].weight)
         torch.nn.init.zeros_(self.film[-1].bias)
         self.out = torch.nn.Conv1d(c.width, 1, 1)
+        if c.eq_bands:
+            self.eq_mlp = torch.nn.Sequential(
+                torch.nn.Linear(max(c.n_params, 1), c.film_hidden), torch.nn.PReLU(),
+                torch.nn.Linear(c.film_hidden, c.film_hidden), torch.nn.PReLU(),
+                torch.nn.Linear(c.film_hidden, c.eq_bands))
+            torch.nn.init.zeros_(self.eq_mlp[-1].weight)  # 0 dB everywhere: h = δ
+            torch.nn.init.zeros_(self.eq_mlp[-1].bias)
+            self.register_buffer("eq_interp", _log_interp_matrix(c.eq_bands, c.eq_fft), persistent=False)
+            # start as a bypass: zero output weights, g = 1 (gain output) or TCN = 0 (direct)
+            torch.nn.init.zeros_(self.out.weight)
+            if c.gain_output:
+                g0 = min(10.0 ** (-c.max_gain_db / 20.0), 0.99)
+                torch.nn.init.constant_(self.out.bias, math.log(g0 / (1.0 - g0)))
+            else:
+                torch.nn.init.zeros_(self.out.bias)
 
     @property
     def receptive_field_samples(self) -> int:
@@ -194,12 +226,54 @@ class ProxyTCN(torch.nn.Module):
         ab = ab.reshape(ab.shape[0], len(c.dilations), 2, c.width, ab.shape[-1])
         return [(1.0 + ab[:, b, 0], ab[:, b, 1]) for b in range(len(c.dilations))]
 
+    def eq_impulse_responses(self, q: torch.Tensor) -> torch.Tensor:
+        """The EQ branch's minimum-phase impulse responses: ``q`` ``(..., P)`` -> ``(..., eq_fft)``.
+
+        Log-magnitude ``L(ω)`` (natural log, from the MLP at ``eq_bands`` log-spaced frequencies,
+        interpolated to the ``eq_fft/2 + 1`` bins) -> real cepstrum ``c = IDFT(L)`` -> folded
+        ``ĉ[0] = c[0], ĉ[n] = 2c[n] (0 < n < N/2), ĉ[N/2] = c[N/2], 0 above`` -> ``H = exp(DFT(ĉ))``,
+        the minimum-phase response with magnitude ``e^L`` (homomorphic filtering: Oppenheim &
+        Schafer, *Discrete-Time Signal Processing*, 3rd ed., §13.8 eqs. 13.76–13.77; biquad shelves
+        and peaks with their zeros inside the unit circle are minimum phase) -> ``h = IDFT(H)``."""
+        c = self.config
+        n = c.eq_fft
+        if c.n_params == 0:
+            q = q.new_zeros((*q.shape[:-1], 1))
+        log_mag = self.eq_mlp(q) @ self.eq_interp.T.to(q.dtype)  # (..., n/2 + 1)
+        ceps = torch.fft.irfft(log_mag, n=n)  # real, even
+        fold = torch.zeros(n, dtype=ceps.dtype, device=ceps.device)
+        fold[0] = 1.0
+        fold[1:n // 2] = 2.0
+        fold[n // 2] = 1.0
+        spec = torch.exp(torch.fft.rfft(ceps * fold, n=n))
+        return torch.fft.irfft(spec, n=n)
+
+    def _eq(self, x: torch.Tensor, q: torch.Tensor, block_size: int | None) -> torch.Tensor:
+        """EQ branch: ``x`` ``(B, C, T)``, ``q`` ``(B, P[, blocks])`` -> ``(B, C, T)``; FFT
+        convolution, truncated causally to ``T`` samples. Per-block ``q``: every block's filter runs
+        over the whole signal and each sample takes the output of its block's filter (a switched
+        filter bank, state carried across switches)."""
+        B, C, T = x.shape
+        n = self.config.eq_fft
+        m = 1 << (T + n - 2).bit_length()  # >= T + n - 1: no circular wrap
+        xf = torch.fft.rfft(x, n=m)  # (B, C, F)
+        if q.dim() == 2:
+            hf = torch.fft.rfft(self.eq_impulse_responses(q), n=m)  # (B, F)
+            return torch.fft.irfft(xf * hf.unsqueeze(1), n=m)[..., :T]
+        hf = torch.fft.rfft(self.eq_impulse_responses(q.transpose(1, 2)), n=m)  # (B, blocks, F)
+        u = torch.fft.irfft(xf.unsqueeze(2) * hf.unsqueeze(1), n=m)[..., :T]  # (B, C, blocks, T)
+        nb = q.shape[-1]
+        onehot = expand_blocks(torch.eye(nb, dtype=x.dtype, device=x.device).unsqueeze(0), T, block_size)
+        return (u * onehot.unsqueeze(0)).sum(dim=2)
+
     def forward(self, x: torch.Tensor, q: torch.Tensor, block_size: int | None = None) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"proxy: audio must be (batch, channels, samples), got {tuple(x.shape)}")
         B, C, T = x.shape
         q = q.to(x.dtype)
         film = self._film(q, B, T, block_size)
+        if self.config.eq_bands:
+            x = self._eq(x, q, block_size)
         h = x.reshape(B * C, 1, T)
         for blk, (g, b) in zip(self.blocks, film):
             if C > 1:  # one parameter set per item, repeated over its channels
@@ -208,9 +282,25 @@ class ProxyTCN(torch.nn.Module):
         z = self.out(h)
         if self.config.gain_output:
             y = (10.0 ** (self.config.max_gain_db / 20.0)) * torch.sigmoid(z) * x.reshape(B * C, 1, T)
+        elif self.config.eq_bands:
+            y = x.reshape(B * C, 1, T) + z
         else:
             y = z
         return y.reshape(B, C, T)
+
+
+def _log_interp_matrix(n_bands: int, n_fft: int) -> torch.Tensor:
+    """``(n_fft/2 + 1, n_bands)`` linear interpolation in log frequency from ``n_bands`` points
+    log-spaced between the first bin (``1/n_fft`` of the sample rate) and Nyquist (``1/2``) to every
+    rfft bin (DC takes the lowest point)."""
+    bins = np.arange(n_fft // 2 + 1, dtype=np.float64)
+    pos = np.log(np.maximum(bins, 1.0)) / np.log(n_fft / 2.0) * (n_bands - 1)  # 0 .. n_bands-1
+    lo = np.clip(np.floor(pos).astype(int), 0, n_bands - 2)
+    frac = pos - lo
+    w = np.zeros((bins.size, n_bands))
+    w[np.arange(bins.size), lo] = 1.0 - frac
+    w[np.arange(bins.size), lo + 1] = frac
+    return torch.from_numpy(w).float()
 
 
 # =============================================================================================
@@ -665,6 +755,8 @@ class TrainConfig:
     final_lr_fraction: float = 0.1  # cosine decay from lr to lr·fraction over `steps`
     workers: int = 1
     grad_clip: float = 1.0
+    eq_lr_scale: float = 1.0  # the EQ branch's MLP learns at lr·eq_lr_scale
+
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -755,7 +847,7 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
                 checkpoint_every: int = 100, val_every: int = 100, val_items: int = 16,
                 time_weight: float = 100.0, stft_windows: Sequence[int] = (64, 256, 1024),
                 workers: int = 1, log: Callable[[str], None] | None = None,
-                device: str | torch.device = "cpu") -> tuple[ProxyTCN, list[dict]]:
+                device: str | torch.device = "cpu", eq_lr_scale: float = 1.0) -> tuple[ProxyTCN, list[dict]]:
     """Train a :class:`ProxyTCN` to imitate ``chain`` (a :class:`Chain` or a chain spec; then
     ``sample_rate`` is required). Returns ``(model, history)``.
 
@@ -791,7 +883,9 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
                      seed=int(seed), checkpoint_every=max(1, int(checkpoint_every)),
                      val_every=max(1, int(val_every)), val_items=max(1, int(val_items)),
                      time_weight=float(time_weight), stft_windows=tuple(int(w) for w in stft_windows),
-                     workers=int(workers))
+                     workers=int(workers), eq_lr_scale=float(eq_lr_scale))
+    if not (tc.eq_lr_scale > 0 and math.isfinite(tc.eq_lr_scale)):
+        raise AfxError(f"train_proxy: eq_lr_scale must be positive, got {eq_lr_scale}")
     if model_config is None:
         cfg = ProxyConfig(n_params=chain.n_free)
     elif isinstance(model_config, ProxyConfig):
@@ -806,7 +900,12 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
     torch.manual_seed(tc.seed)
     dev = torch.device(device)
     model = ProxyTCN(cfg).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    eq_weights = list(model.eq_mlp.parameters()) if cfg.eq_bands else []
+    eq_ids = {id(p) for p in eq_weights}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in eq_ids], "lr_scale": 1.0}]
+    if eq_weights:
+        groups.append({"params": eq_weights, "lr_scale": tc.eq_lr_scale})
+    opt = torch.optim.Adam(groups, lr=tc.lr)
     step = 0
     history: list[dict] = []
     best_val = math.inf
@@ -856,7 +955,7 @@ def train_proxy(chain: Chain | Mapping[str, Any] | list, sample_rate: float | No
         rng = np.random.default_rng([tc.seed, step])
         x, q, y = (t.to(dev) for t in _batch(chain, source, rng, tc.batch, tc.clip_samples, tc.workers, "train"))
         for g in opt.param_groups:
-            g["lr"] = _lr_at(tc, step)
+            g["lr"] = _lr_at(tc, step) * g.get("lr_scale", 1.0)
         y_hat = model(x, q)
         loss = proxy_loss(y_hat, y, tc.time_weight, tc.stft_windows)
         opt.zero_grad(set_to_none=True)
