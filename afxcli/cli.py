@@ -461,13 +461,14 @@ def master(
     from rich.console import Console
     from rich.table import Table
 
-    from .tasks.master import MasterContext, master_file
+    from .tasks.master import MasterContext, master_file, prefetch_imports
 
     files = expand_inputs(inputs)
     outs = output_paths(files, output, out_dir, suffix="_master")
     reports = _side_paths(report, outs, "--report", ".report.json")
     plots = _side_paths(plot, outs, "--plot", ".png")
     traces = _side_paths(trace, outs, "--trace", ".trace.json")
+    prefetch_imports()  # torch/scipy load while the reference and the first input are read
     ctx = MasterContext(ref=ref, preset=preset, lufs=lufs, ceiling=ceiling, method=method, model=model,
                         refine_steps=refine_steps)
 

@@ -182,3 +182,62 @@ def test_master_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys):
     silent = _write(tmp_path / "silent.wav", np.zeros((1, SR), np.float32))
     rc = main(["master", str(silent), "-o", str(out)])
     assert rc == 2 and "silent" in capsys.readouterr().err and not out.exists()
+
+
+# --- speed paths (issue 4): each fast measure equals its reference implementation -------------
+
+@pytest.mark.parametrize("sr,channels,seconds", [(44100, 2, 3.3), (96000, 1, 1.6), (22050, 2, 0.01)])
+def test_fast_true_peak_many_frames_and_pruning_equal_the_metric(sr, channels, seconds):
+    from afxcli.tasks.loudness import fast_true_peak_dbtp
+
+    x = music(seconds, 0.0, 31, sr=sr, channels=channels, level=0.3)
+    n = x.shape[1]
+    # one inter-sample over late in the file (the loudest frame is not the first one) and a quiet
+    # stretch that the ℓ1 bound lets the measurement skip
+    x[:, int(0.8 * n): int(0.8 * n) + 3] = [0.9, -0.9, 0.9]
+    x[:, : n // 4] *= 0.01
+    assert fast_true_peak_dbtp(x, sr) == pytest.approx(true_peak_dbtp(x, sr), abs=1e-4)
+    assert fast_true_peak_dbtp(x[0], sr) == pytest.approx(true_peak_dbtp(x[:1], sr), abs=1e-4)
+    assert fast_true_peak_dbtp(x, sr) > 20 * np.log10(np.abs(x).max())  # the over is found
+
+
+def test_fast_lufs_chunked_filter_equals_pyloudnorm_across_chunks():
+    x = music(7.0, -0.2, 32, sr=SR, channels=2, level=0.4)          # > two 65536-sample chunks
+    assert fast_lufs(x, SR) == pytest.approx(lufs(x, SR), abs=1e-6)
+    assert fast_lufs(x.astype(np.float64), SR) == pytest.approx(lufs(x, SR), abs=1e-6)
+    assert fast_lufs(x[0], SR) == pytest.approx(lufs(x[:1], SR), abs=1e-6)
+
+
+def test_crest_db_equals_the_metric():
+    from afxcli.metrics import crest_factor_db
+    from afxcli.tasks.report import crest_db
+
+    x = music(2.0, 0.1, 33, level=0.7)
+    assert crest_db(x) == pytest.approx(crest_factor_db(x), abs=1e-6)
+    assert np.isnan(crest_db(np.zeros((2, 100), np.float32)))
+
+
+def test_average_spectrum_equals_welch_and_its_frame_subset_stays_close():
+    from scipy.signal import welch
+
+    from afxcli.tasks.rulebased import mono
+
+    x = music(6.0, -0.3, 34, sr=SR, channels=2)
+    f, p = average_spectrum(x, SR, max_frames=None)
+    n = 4096                                                          # 0.186 s at 22.05 kHz
+    f2, p2 = welch(mono(x), fs=SR, window="hann", nperseg=n, noverlap=n // 2, detrend=False)
+    assert np.array_equal(f, f2) and np.allclose(p, p2, rtol=1e-9, atol=1e-12 * p2.max())
+    _, p_sub = average_spectrum(x, SR, max_frames=20)                 # 63 frames → 20 evenly spread
+    band = (f > 50) & (f < 8000)
+    db = 10 * np.log10(smooth_fractional_octave(f, p_sub)[band] / smooth_fractional_octave(f, p)[band])
+    assert np.max(np.abs(db)) < 1.0
+
+
+def test_prefetch_imports_loads_modules_and_survives_a_missing_one():
+    import sys
+
+    from afxcli.tasks.master import prefetch_imports
+
+    t = prefetch_imports(("afxcli.trace", "afxcli_no_such_module_xyz"))
+    t.join(30)
+    assert not t.is_alive() and "afxcli.trace" in sys.modules

@@ -36,6 +36,29 @@ LOUDNESS_LABEL = "loudness"
 LIMITER_LABEL = "ceiling"
 
 
+#: Modules every mastering run needs, slowest first to import (torch ~2-4 s, scipy.signal ~1-3 s).
+PREFETCH_MODULES = ("scipy.signal", "torch", "afxcli.effects.chain", "afxcli.render", "afxcli.tasks.refine")
+
+
+def prefetch_imports(modules: tuple[str, ...] = PREFETCH_MODULES) -> threading.Thread:
+    """Import ``modules`` in a background (daemon) thread so that their import overlaps the file
+    reading and the numpy/scipy work the main thread does first (both release the GIL for their
+    C parts). A module the main thread needs meanwhile waits on that module's import lock; a
+    failed import is left for the main thread to raise where it uses it. Returns the thread."""
+    import importlib
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the main thread imports it again and reports
+                pass
+
+    t = threading.Thread(target=run, name="afx-prefetch-imports", daemon=True)
+    t.start()
+    return t
+
+
 def master_chain_spec(effects: list[dict], ceiling_dbtp: float) -> dict:
     """``effects`` (chain entries) + a fixed loudness gain + a true-peak limiter with a fixed ceiling."""
     return {"effects": [*effects,
@@ -183,10 +206,12 @@ class MasterContext:
 
 
 def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: list[str]):
-    """(chain, per-effect values, pre-processing FIR or None, description) for this file."""
+    """(chain, per-effect values, pre-processing FIR or None, description, chain input) for this
+    file; the chain input is ``audio`` or, for the rule-based method, ``audio`` through its FIR
+    (filtered once: the threshold search and the render share it)."""
     from ..effects.chain import Chain, normalize_spec
 
-    fir, described = None, {}
+    fir, described, x = None, {}, audio
     if ctx.method == "model":
         pred = ctx.predictor
         model_effects = normalize_spec(pred.chain_spec)["effects"]
@@ -198,7 +223,8 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
         from .rulebased import design_matched_eq, search_threshold
 
         fir = design_matched_eq(audio, sr, ctx.ref_audio, ctx.ref_sr)
-        search = search_threshold(fir.apply(audio), sr, float(ctx.ref_lufs))
+        x = fir.apply(audio)
+        search = search_threshold(x, sr, float(ctx.ref_lufs))
         chain = Chain(master_chain_spec([{"type": "compressor"}], ctx.ceiling), sr)
         values = [dict(search.values)] + [dict(v) for v in chain.base_values()[1:]]
         described = {"fir_eq": {"taps": int(fir.taps.size), "band_gains_db": fir.band_gains_db()},
@@ -222,7 +248,7 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
     else:
         chain = Chain(master_chain_spec([], ctx.ceiling)["effects"][1:], sr)  # limiter only
         values = chain.base_values()
-    return chain, values, fir, described
+    return chain, values, fir, described, x
 
 
 def _render_until_limiter(chain, values, audio: np.ndarray) -> np.ndarray:
@@ -254,9 +280,8 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
     if not math.isfinite(in_lufs):
         raise AfxError("input is silent")
     notes: list[str] = []
-    chain, values, fir, described = _chain_and_values(audio, sr, ctx, notes)
+    chain, values, fir, described, x = _chain_and_values(audio, sr, ctx, notes)
     t_params = time.perf_counter()
-    x = fir.apply(audio) if fir is not None else audio
     refine_info = None
     if ctx.refine_steps:
         from .refine import refine
