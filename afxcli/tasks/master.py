@@ -265,9 +265,29 @@ def _render_until_limiter(chain, values, audio: np.ndarray) -> np.ndarray:
 
 def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_path: Path | None = None,
                 plot_path: Path | None = None, trace_path: Path | None = None) -> MasterResult:
-    """Master one file (whole length, own rate); write the output (and report/plot/trace) atomically."""
+    """Master one file (whole length, own rate); write the output (and report/plot/trace) atomically.
+
+    The report's measurements of the input and the reference (true peak, crest, features) do not
+    depend on the render: they run in a side thread meanwhile (their FFTs and the pedalboard
+    render release the GIL), and the report waits for them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afx-report")
+    try:
+        return _master_file(input_path, output_path, ctx, report_path, plot_path, trace_path, side)
+    finally:
+        side.shutdown(wait=True, cancel_futures=True)
+
+
+def _input_and_reference_features(audio: np.ndarray, sr: int, ctx: MasterContext, max_hz: float):
+    from .refine import recording_features
+
+    return recording_features(audio, sr, max_hz), ctx.reference_features(max_hz)
+
+
+def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_path: Path | None,
+                 plot_path: Path | None, trace_path: Path | None, side) -> MasterResult:
     from ..audio import read_audio, write_audio
-    from ..effects.chain import Chain
     from .loudness import fast_lufs as measure_lufs
     from ..trace import ParameterTrace, units_of
     from .report import levels, plot_master, smoothed_spectrum_db, write_report
@@ -279,6 +299,13 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
         raise AfxError("too short to master (needs at least 0.4 s)")
     if not math.isfinite(in_lufs):
         raise AfxError("input is silent")
+    in_levels = side.submit(levels, audio, sr, lufs_value=in_lufs)
+    ref_levels = side.submit(ctx.reference_levels)
+    feature_hz = 0.95 * min(sr, ctx.ref_sr) / 2 if ctx.ref_audio is not None else None
+    features = (side.submit(_input_and_reference_features, audio, sr, ctx, feature_hz)
+                if feature_hz is not None else None)
+    from ..effects.chain import Chain
+
     notes: list[str] = []
     chain, values, fir, described, x = _chain_and_values(audio, sr, ctx, notes)
     t_params = time.perf_counter()
@@ -294,11 +321,16 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
     pre = _render_until_limiter(chain, values, x)
     lim_index = chain.labels.index(LIMITER_LABEL)
     loud = match_loudness(pre, sr, ctx.target_lufs, ctx.ceiling,
-                          release_ms=float(values[lim_index]["release_ms"]))
+                          release_ms=float(values[lim_index]["release_ms"]),
+                          input_lufs=in_lufs if pre is audio else None)  # nothing before the limiter
     notes.extend(loud.notes)
     y = loud.audio
     if not np.all(np.isfinite(y)):
         raise AfxError("render produced non-finite samples")
+    if features is not None:
+        from .refine import recording_features
+
+        out_features = side.submit(recording_features, y, sr, feature_hz)  # while the file is written
     write_audio(output_path, y, sr)
     t_render = time.perf_counter()
 
@@ -313,11 +345,11 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
     flat = Chain.flatten(chain.labels, used)
     units = units_of(chain)
     report = {
-        "input": {"file": str(input_path), **levels(audio, sr, lufs_value=in_lufs)},
+        "input": {"file": str(input_path), **in_levels.result()},
         "output": {"file": str(output_path), "lufs": round(loud.output_lufs, 4),
                    "true_peak_dbtp": round(loud.true_peak_dbtp, 4),
                    "crest_db": levels(y, sr, lufs_value=loud.output_lufs, true_peak=loud.true_peak_dbtp)["crest_db"]},
-        "reference": ctx.reference_levels(),
+        "reference": ref_levels.result(),
         "sample_rate": sr, "channels": int(audio.shape[0]), "seconds": round(audio.shape[1] / sr, 4),
         "method": ctx.method,
         "target_lufs": ctx.target_lufs, "target_source": ctx.target_source, "ceiling_dbtp": ctx.ceiling,
@@ -328,14 +360,12 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
         "timing_s": {"parameters": round(t_params - t0, 3), "refine": round(t_refine - t_params, 3),
                      "render_and_loudness": round(t_render - t_refine, 3)},
     }
-    if ctx.ref_audio is not None:
-        from .refine import distance, recording_features
+    if features is not None:
+        from .refine import distance
 
-        max_hz = 0.95 * min(sr, ctx.ref_sr) / 2
-        ref_f = ctx.reference_features(max_hz)
-        report["feature_distance_db"] = {
-            "input": round(float(distance(recording_features(audio, sr, max_hz), ref_f)), 4),
-            "output": round(float(distance(recording_features(y, sr, max_hz), ref_f)), 4)}
+        in_f, ref_f = features.result()
+        report["feature_distance_db"] = {"input": round(float(distance(in_f, ref_f)), 4),
+                                         "output": round(float(distance(out_features.result(), ref_f)), 4)}
     if trace_path is not None:
         tr = ParameterTrace.static(chain.spec, flat, sr, units=units)
         tr.n_samples = int(audio.shape[1])
