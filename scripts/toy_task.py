@@ -94,6 +94,8 @@ def main() -> int:
     ap.add_argument("--proxy-eq-bands", type=int, default=0,
                     help="minimum-phase EQ branch with this many log-spaced magnitude points (0: off)")
     ap.add_argument("--proxy-eq-fft", type=int, default=2048, help="EQ branch impulse-response length")
+    ap.add_argument("--proxy-level-window", type=int, default=0,
+                    help="give the TCN the short-term level in dB over this many samples (0: off)")
     ap.add_argument("--proxy-eq-lr-scale", type=float, default=1.0, help="EQ branch lr = proxy lr × this")
     ap.add_argument("--proxy-stft", default="64,256,1024", help="MR-STFT windows of the proxy's loss")
     ap.add_argument("--proxy-time-weight", type=float, default=100.0, help="α of the proxy's MR-STFT + α·MAE loss")
@@ -123,6 +125,8 @@ def main() -> int:
                 "dilations": [int(v) for v in args.proxy_dilations.split(",")]}
         if args.proxy_gain_db is not None:
             pcfg.update(gain_output=True, max_gain_db=args.proxy_gain_db)
+        if args.proxy_level_window:
+            pcfg["level_window"] = args.proxy_level_window
         if args.proxy_eq_bands:
             pcfg.update(eq_bands=args.proxy_eq_bands, eq_fft=args.proxy_eq_fft)
         task_options["proxy_path"] = str(train_toy_proxy(out, args.proxy_steps, args.seed, pcfg, args.proxy_lr,

@@ -348,3 +348,25 @@ def test_eq_branch_learns_an_eq_faster_than_the_plain_tcn(one_thread):
         train_proxy(EQ_SPEC, SR, None, steps=1, model_config=TINY_EQ, eq_lr_scale=0.0)
     with pytest.raises(AfxError):
         ProxyConfig(n_params=2, eq_bands=8, eq_fft=500)
+    with pytest.raises(AfxError):
+        ProxyConfig(n_params=2, level_window=-1)
+
+
+def test_level_input_channel_is_causal_and_conditioned():
+    cfg = ProxyConfig(n_params=2, **dict(TINY_EQ, level_window=16))
+    m = ProxyTCN(cfg)
+    x = audio(batch=2, channels=1, n=800)
+    assert torch.allclose(m(x, torch.rand(2, 2)), x, atol=1e-5)  # still starts as a bypass
+    assert m.blocks[0].conv.in_channels == 2 and cfg.receptive_field_samples == 1 + 2 * 3 + 511 + 15
+    m = randomized(m, seed=2).double()
+    x = x.double()
+    x2 = x.clone()
+    x2[..., 500:] *= 4.0  # louder from sample 500 on
+    q = torch.rand(2, 2, dtype=torch.float64)
+    y, y2 = m(x, q), m(x2, q)
+    assert torch.allclose(y[..., :500], y2[..., :500], atol=1e-12)  # causal, level included
+    # the output depends on the level channel: cutting its weights changes it
+    with torch.no_grad():
+        m.blocks[0].conv.weight[:, 1] = 0.0
+        m.blocks[0].res.weight[:, 1] = 0.0
+    assert not torch.allclose(m(x, q), y, atol=1e-6)

@@ -91,6 +91,10 @@ class ProxyConfig:
             the proxy starts as a bypass. Suited to chains that start with an EQ (linear) followed
             by dynamics (a gain); 0 (default) is the plain DeepAFx-ST TCN.
         eq_fft: impulse-response length (FFT size, a power of two) of the EQ branch.
+        level_window: ``> 0`` gives the TCN a second input channel, the short-term level
+            ``10·log10(mean of u² over the last level_window samples + 1e-10) / 50`` of its input
+            ``u``: a compressor's or gate's gain is a function of the level in dB relative to a
+            threshold in dB, which a FiLM shift of this channel expresses directly. 0: audio only.
     """
 
     n_params: int
@@ -103,11 +107,14 @@ class ProxyConfig:
     film_hidden: int = 32
     eq_bands: int = 0
     eq_fft: int = 4096
+    level_window: int = 0
 
     def __post_init__(self) -> None:
         self.dilations = tuple(int(d) for d in self.dilations)
         if self.n_params < 0 or self.width < 1 or self.kernel_size < 1 or self.film_hidden < 1:
             raise AfxError(f"proxy config: invalid sizes {self}")
+        if self.level_window < 0:
+            raise AfxError(f"proxy config: level_window must be >= 0, got {self.level_window}")
         if self.eq_bands < 0 or self.eq_bands == 1:
             raise AfxError(f"proxy config: eq_bands must be 0 (off) or >= 2, got {self.eq_bands}")
         if self.eq_bands and (self.eq_fft < 16 or self.eq_fft & (self.eq_fft - 1)):
@@ -124,7 +131,7 @@ class ProxyConfig:
         """Input samples one output sample depends on: ``1 + Σ_b (kernel_size − 1)·d_b``
         (plus ``eq_fft − 1`` with the EQ branch)."""
         rf = 1 + sum((self.kernel_size - 1) * d for d in self.dilations)
-        return rf + (self.eq_fft - 1 if self.eq_bands else 0)
+        return rf + (self.eq_fft - 1 if self.eq_bands else 0) + max(self.level_window - 1, 0)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -177,7 +184,7 @@ class ProxyTCN(torch.nn.Module):
         self.config = config
         c = config
         self.blocks = torch.nn.ModuleList(
-            [_FiLMBlock(1 if i == 0 else c.width, c.width, c.kernel_size, d, c.causal)
+            [_FiLMBlock((2 if c.level_window else 1) if i == 0 else c.width, c.width, c.kernel_size, d, c.causal)
              for i, d in enumerate(c.dilations)])
         n_film = 2 * c.width * len(c.dilations)
         self.film = torch.nn.Sequential(
@@ -275,6 +282,10 @@ class ProxyTCN(torch.nn.Module):
         if self.config.eq_bands:
             x = self._eq(x, q, block_size)
         h = x.reshape(B * C, 1, T)
+        if self.config.level_window:
+            w = self.config.level_window
+            power = F.avg_pool1d(F.pad(h * h, (w - 1, 0)), w, stride=1)  # causal moving mean
+            h = torch.cat([h, 10.0 * torch.log10(power + 1e-10) / 50.0], dim=1)
         for blk, (g, b) in zip(self.blocks, film):
             if C > 1:  # one parameter set per item, repeated over its channels
                 g, b = g.repeat_interleave(C, 0), b.repeat_interleave(C, 0)
