@@ -46,7 +46,7 @@ def atomic_open(path: str | Path, mode: str = "wb", make_parents: bool = False) 
     except OSError as e:
         raise AfxError(f"{p}: cannot write in {folder} ({e.strerror or e})") from None
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
