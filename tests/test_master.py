@@ -241,3 +241,30 @@ def test_prefetch_imports_loads_modules_and_survives_a_missing_one():
     t = prefetch_imports(("afxcli.trace", "afxcli_no_such_module_xyz"))
     t.join(30)
     assert not t.is_alive() and "afxcli.trace" in sys.modules
+
+
+def test_fir_filter_centered_equals_direct_convolution():
+    from afxcli.tasks.rulebased import fir_filter_centered
+
+    r = np.random.default_rng(35)
+    for n, m, c in ((50, 7, 1), (3000, 2029, 2), (70000, 511, 2)):
+        x = r.standard_normal((c, n)).astype(np.float32)
+        h = r.standard_normal(m) * 0.05
+        d = (m - 1) // 2
+        ref = np.stack([np.convolve(x[k].astype(np.float64), h)[d:d + n] for k in range(c)])
+        y = fir_filter_centered(x, h)
+        assert y.dtype == np.float32 and y.shape == x.shape
+        assert np.max(np.abs(y - ref)) < 1e-5 * np.max(np.abs(ref))
+
+
+def test_search_excerpts_cover_long_files_only():
+    from afxcli.tasks.rulebased import SEARCH_EXCERPT_SECONDS, SEARCH_EXCERPTS, search_excerpts
+
+    sr = 1000
+    short = np.arange(60 * sr, dtype=np.float32)[None]
+    assert search_excerpts(short, sr) is short
+    long = np.arange(200 * sr, dtype=np.float32)[None]
+    ex = search_excerpts(long, sr)
+    w = int(SEARCH_EXCERPT_SECONDS * sr)
+    assert ex.shape == (1, SEARCH_EXCERPTS * w)
+    assert ex[0, 0] == 0 and ex[0, -1] == long[0, -1]                   # first and last excerpt included
