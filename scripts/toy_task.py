@@ -83,7 +83,13 @@ def main() -> int:
     ap.add_argument("--model", default="vector", choices=["vector", "net"])
     ap.add_argument("--batch-size", type=int, default=None)
     # proxy: DeepAFx-ST's TCN shape (kernel 13, dilations 1, 8, 64, 512) at width 16; of the variants
-    # tried (10 blocks of kernel 3, width 24/32, gain output, time weight 1) none did better per minute
+    # tried (10 blocks of kernel 3, width 24/32, gain output, time weight 1) none did better per minute.
+    # half_hybrid: the plain TCN proxy (2000 steps, val rel. MAE 0.22) stops at a 79 % drop. With the
+    # minimum-phase EQ branch and gain output (--proxy-eq-bands 48 --proxy-gain-db 1
+    # --proxy-eq-lr-scale 10) the drop depended more on the particular proxy than on its error:
+    # 300 steps 92.1 % (val rel. MAE 0.18), 600 steps 85.3 % (0.14), 1000 steps 83.7 % (0.10), with
+    # --proxy-level-window 32 at 600 steps 88.8 %; the misses are the compressor's threshold/ratio
+    # trade-off (a valley of near-equal loss) landing elsewhere under the proxy than under the chain.
     ap.add_argument("--proxy-steps", type=int, default=2000)
     ap.add_argument("--proxy-lr", type=float, default=3e-3)
     ap.add_argument("--proxy-width", type=int, default=16)

@@ -17,7 +17,10 @@ three ways to use it, all exposed here as torch callables ``(x, q) -> y`` with `
 The model (:class:`ProxyTCN`) is the FiLM-conditioned TCN of DeepAFx-ST §3.5 (a feed-forward
 WaveNet whose blocks are modulated by the parameters; FiLM: Perez et al., AAAI 2018), made small
 enough to train on a CPU, with BE-AFX's option (Peladeau & Peeters, ICASSP 2024, §2.1.2) to output
-a gain through a sigmoid, ``ŷ[n] = g[n]·x[n]``, which suits dynamics processors.
+a gain through a sigmoid, ``ŷ[n] = g[n]·x[n]``, which suits dynamics processors. Two optional
+structural priors (off by default) suit an EQ → dynamics chain: a parameter-conditioned
+minimum-phase EQ branch in front of the TCN (``eq_bands``; the proxy then starts as a bypass) and a
+short-term level-in-dB input channel (``level_window``); see :class:`ProxyConfig`.
 
 :func:`train_proxy` profiles a chain in the sense of SignalTrain (Hawley et al., AES 2019): targets
 are rendered by the **real** effect (:func:`afxcli.render.render_chain`, so pedalboard twins and
