@@ -138,24 +138,31 @@ class _BiquadEQ(Effect):
                 for i, sec in enumerate(self._sections)]
 
     # ----- pedalboard twin --------------------------------------------------------------------
+    def section_settings(self, values: Mapping[str, float]) -> list[tuple[str, float, float, float]]:
+        """``(kind, freq_hz, gain_db, q)`` per section for physical ``values`` (validated, plain
+        Python: cheap enough to run on every streamed block)."""
+        v = self.check_values(values)
+        return [(sec[0], *(float(v[x]) if isinstance(x, str) else float(x) for x in sec[1:]))
+                for sec in self._sections]
+
     def to_pedalboard(self, values: Mapping[str, float]) -> list:
         """One pedalboard plugin per section: ``LowShelfFilter`` / ``PeakFilter`` / ``HighShelfFilter``."""
         import pedalboard
 
         cls = {"peak": pedalboard.PeakFilter, "low_shelf": pedalboard.LowShelfFilter,
                "high_shelf": pedalboard.HighShelfFilter}
-        return [cls[s["kind"]](cutoff_frequency_hz=s["freq_hz"], gain_db=s["gain_db"], q=s["q"])
-                for s in self.biquad_sections(values)]
+        return [cls[kind](cutoff_frequency_hz=freq, gain_db=gain, q=q)
+                for kind, freq, gain, q in self.section_settings(values)]
 
     def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
         """Set new values on the plugins of :meth:`to_pedalboard` (their filter states are kept)."""
-        sections = self.biquad_sections(values)
+        sections = self.section_settings(values)
         if len(plugins) != len(sections):
             raise AfxError(f"{self.kind}: expected {len(sections)} plugins, got {len(plugins)}")
-        for plugin, s in zip(plugins, sections):
-            plugin.cutoff_frequency_hz = s["freq_hz"]
-            plugin.gain_db = s["gain_db"]
-            plugin.q = s["q"]
+        for plugin, (_, freq, gain, q) in zip(plugins, sections):
+            plugin.cutoff_frequency_hz = freq
+            plugin.gain_db = gain
+            plugin.q = q
 
 
 @register
