@@ -425,17 +425,11 @@ class StyleTask(Task):
 
     @classmethod
     def build_model(cls, config: dict, chain_spec: dict | None) -> torch.nn.Module:
-        from ..effects.chain import Chain
-        from ..nn import StyleModel, make_analyzer
+        from ..nn import StyleModel
+        from .tasks import analyzer_from_config
 
-        d, o = config["data"], config["task_options"]
-        n = Chain(chain_spec, d["sample_rate"]).n_free
-        try:
-            analyzer = make_analyzer(o["frontend"], o["encoder"], d["sample_rate"], o["frontend_options"],
-                                     **o["encoder_options"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise AfxError(f"config task_options (frontend/encoder): {' '.join(str(e).split())}") from None
-        return StyleModel(analyzer, n, tuple(o["hidden"]))
+        analyzer, n = analyzer_from_config(config, chain_spec)
+        return StyleModel(analyzer, n, tuple(config["task_options"]["hidden"]))
 
     def __init__(self, config: dict) -> None:
         from ..effects.chain import Chain

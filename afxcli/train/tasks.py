@@ -140,6 +140,22 @@ def make_audio_loss(name: str, options: dict, sample_rate: float) -> torch.nn.Mo
         raise AfxError(f"loss {name!r}: {' '.join(str(e).split())}") from None
 
 
+
+def analyzer_from_config(config: dict, chain_spec: dict | None):
+    """The analyzer (front end + encoder) a task config asks for, and the chain's number of free
+    parameters: ``(analyzer, n_free)``. One-line :class:`AfxError` for bad frontend/encoder options."""
+    from ..effects.chain import Chain
+    from ..nn import make_analyzer
+
+    d, o = config["data"], config["task_options"]
+    n = Chain(chain_spec, d["sample_rate"]).n_free
+    try:
+        analyzer = make_analyzer(o["frontend"], o["encoder"], d["sample_rate"], o["frontend_options"],
+                                 **o["encoder_options"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise AfxError(f"config task_options (frontend/encoder): {' '.join(str(e).split())}") from None
+    return analyzer, n
+
 class StrategyRender:
     """The chain behind a gradient strategy: ``render(x, q)`` for training (gradients to ``q``)
     and ``inference(x, q)`` (the real chain, no grad: torch twins in exact mode, or pedalboard for
@@ -383,17 +399,10 @@ class PairedTask(Task):
 
     @classmethod
     def build_model(cls, config: dict, chain_spec: dict | None) -> torch.nn.Module:
-        from ..effects.chain import Chain
-        from ..nn import BlindModel, make_analyzer
+        from ..nn import BlindModel
 
-        d, o = config["data"], config["task_options"]
-        n = Chain(chain_spec, d["sample_rate"]).n_free
-        try:
-            analyzer = make_analyzer(o["frontend"], o["encoder"], d["sample_rate"], o["frontend_options"],
-                                     **o["encoder_options"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise AfxError(f"config task_options (frontend/encoder): {' '.join(str(e).split())}") from None
-        return BlindModel(analyzer, n, tuple(o["hidden"]))
+        analyzer, n = analyzer_from_config(config, chain_spec)
+        return BlindModel(analyzer, n, tuple(config["task_options"]["hidden"]))
 
     def __init__(self, config: dict) -> None:
         from ..effects.chain import Chain
