@@ -46,7 +46,7 @@ import torch
 from ..errors import AfxError
 from .config import BOOL, DICT, FLOAT, INT, OPT_FLOAT, OPT_STR, STR, Field, fraction, non_negative, one_of, optional, positive
 from .data import DEFAULT_MIN_ENERGY, ClipDataset, list_audio_files, music_like, split_files
-from .tasks import StrategyRender, Task, _strategy_fields, make_audio_loss, register_task
+from .tasks import ChainTask, _strategy_fields, register_task
 
 # =============================================================================================
 # The chain
@@ -381,7 +381,7 @@ def _corpus_check(v: Any) -> str | None:
 
 
 @register_task
-class StyleTask(Task):
+class StyleTask(ChainTask):
     """Production style transfer, trained self-supervised (DeepAFx-ST §2): see the module docstring.
 
     Batch: ``input``, ``reference``, ``target`` ``(batch, channels, clip_samples // 2)`` at the model
@@ -432,17 +432,10 @@ class StyleTask(Task):
         return StyleModel(analyzer, n, tuple(config["task_options"]["hidden"]))
 
     def __init__(self, config: dict) -> None:
-        from ..effects.chain import Chain
-
         super().__init__(config)
-        d, o = config["data"], config["task_options"]
-        self.chain = Chain(self.chain_spec, d["sample_rate"])
-        if self.chain.n_free == 0:
-            raise AfxError("style task: the chain has no free parameters")
-        if o["init_neutral"]:  # a resumed run loads its weights over this
+        self._setup_chain(config, "style")
+        if config["task_options"]["init_neutral"]:  # a resumed run loads its weights over this
             init_controller_neutral(self.model, self.chain)
-        self.render = StrategyRender(self.chain, o["strategy"], o["strategy_options"], o["proxy_path"], config["seed"])
-        self.loss_fn = make_audio_loss(o["loss"], o["loss_options"], d["sample_rate"])
 
     def split_files(self, split: str) -> list[Path] | None:
         """Audio files of ``split`` ("train"/"val"), or None for generated signals."""
@@ -467,15 +460,6 @@ class StyleTask(Task):
     def val_loss(self, batch: dict) -> float:
         return float(self.loss_fn(self.render.inference(batch["input"], self.predict(batch)), batch["target"]))
 
-    def on_step_end(self, step: int) -> None:
-        self.render.step()
-
-    def state_dict(self) -> dict:
-        return {"render": self.render.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "render" in state:
-            self.render.load_state_dict(state["render"])
 
 
 def evaluate(model: torch.nn.Module, chain, batches: list[dict]) -> dict[str, float]:

@@ -233,6 +233,32 @@ def _from_jsonable(x: Any) -> Any:
     return x
 
 
+class ChainTask(Task):
+    """A task that drives a chain through a gradient strategy: builds ``self.chain`` (at the data
+    rate), ``self.render`` (:class:`StrategyRender`) and ``self.loss_fn`` from the config, and
+    carries the strategy's state (SPSA random stream, ε schedule) through checkpoints."""
+
+    def _setup_chain(self, config: dict, what: str) -> None:
+        from ..effects.chain import Chain
+
+        d, o = config["data"], config["task_options"]
+        self.chain = Chain(self.chain_spec, d["sample_rate"])
+        if self.chain.n_free == 0:
+            raise AfxError(f"{what} task: the chain has no free parameters")
+        self.render = StrategyRender(self.chain, o["strategy"], o["strategy_options"], o["proxy_path"], config["seed"])
+        self.loss_fn = make_audio_loss(o["loss"], o["loss_options"], d["sample_rate"])
+
+    def on_step_end(self, step: int) -> None:
+        self.render.step()
+
+    def state_dict(self) -> dict:
+        return {"render": self.render.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "render" in state:
+            self.render.load_state_dict(state["render"])
+
+
 # =============================================================================================
 # toy
 # =============================================================================================
@@ -280,7 +306,7 @@ def hidden_setting(n_params: int, seed: int, low: float = 0.15, high: float = 0.
 
 
 @register_task
-class ToyTask(Task):
+class ToyTask(ChainTask):
     """Learn a static chain setting from pairs made with a hidden random setting (generated music)."""
 
     name = "toy"
@@ -305,16 +331,9 @@ class ToyTask(Task):
         return StaticSetting(n, config["task_options"]["model"])
 
     def __init__(self, config: dict) -> None:
-        from ..effects.chain import Chain
-
         super().__init__(config)
-        d, o = config["data"], config["task_options"]
-        self.chain = Chain(self.chain_spec, d["sample_rate"])
-        if self.chain.n_free == 0:
-            raise AfxError("toy task: the chain has no free parameters")
-        self.q_hidden = hidden_setting(self.chain.n_free, o["hidden_seed"])
-        self.render = StrategyRender(self.chain, o["strategy"], o["strategy_options"], o["proxy_path"], config["seed"])
-        self.loss_fn = make_audio_loss(o["loss"], o["loss_options"], d["sample_rate"])
+        self._setup_chain(config, "toy")
+        self.q_hidden = hidden_setting(self.chain.n_free, config["task_options"]["hidden_seed"])
 
     def _dataset(self, seed_offset: int, items: int):
         from .data import GeneratedDataset
@@ -350,22 +369,13 @@ class ToyTask(Task):
         with torch.no_grad():
             return float((self.model(torch.zeros(1, 1, 1)) - self.q_hidden).abs().mean())
 
-    def on_step_end(self, step: int) -> None:
-        self.render.step()
-
-    def state_dict(self) -> dict:
-        return {"render": self.render.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "render" in state:
-            self.render.load_state_dict(state["render"])
 
 
 # =============================================================================================
 # paired
 # =============================================================================================
 @register_task
-class PairedTask(Task):
+class PairedTask(ChainTask):
     """Learn to drive a chain so that input → target, from paired folders (files matched by name).
 
     Model: an analyzer from :mod:`afxcli.nn` (front end + encoder) and a plain controller
@@ -405,13 +415,8 @@ class PairedTask(Task):
         return BlindModel(analyzer, n, tuple(config["task_options"]["hidden"]))
 
     def __init__(self, config: dict) -> None:
-        from ..effects.chain import Chain
-
         super().__init__(config)
-        d, o = config["data"], config["task_options"]
-        self.chain = Chain(self.chain_spec, d["sample_rate"])
-        self.render = StrategyRender(self.chain, o["strategy"], o["strategy_options"], o["proxy_path"], config["seed"])
-        self.loss_fn = make_audio_loss(o["loss"], o["loss_options"], d["sample_rate"])
+        self._setup_chain(config, "paired")
 
     def _dataset(self, split: str, items: int | None):
         from .data import PairedFolderDataset
@@ -441,15 +446,6 @@ class PairedTask(Task):
         x, y = batch["input"], batch["target"]
         return float(self.loss_fn(self.render.inference(x, self.model(x)), y))
 
-    def on_step_end(self, step: int) -> None:
-        self.render.step()
-
-    def state_dict(self) -> dict:
-        return {"render": self.render.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "render" in state:
-            self.render.load_state_dict(state["render"])
 
 
 # =============================================================================================
