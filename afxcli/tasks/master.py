@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AfxError
+from .reference import ReferenceEmbedding
 from .loudness import (DEFAULT_CEILING_DBTP, DEFAULT_TARGET_LUFS, LoudnessPreset, check_target,
                        is_loudness_preset, load_loudness_preset, match_loudness)
 
@@ -79,7 +80,7 @@ class MasterResult:
     notes: list[str] = field(default_factory=list)
 
 
-class MasterContext:
+class MasterContext(ReferenceEmbedding):
     """Shared by every file of a batch: reference (read, measured and embedded once), presets,
     model (loaded once), targets. Thread-safe."""
 
@@ -174,14 +175,6 @@ class MasterContext:
         if self.ref_lufs is not None:
             return "reference"
         return "default (streaming)"
-
-    def reference_embedding(self) -> np.ndarray:
-        if self.style_preset is not None:
-            return self.style_preset.embedding
-        with self._lock:
-            if self._ref_embedding is None:
-                self._ref_embedding = self.predictor.embed(self.ref_audio, self.ref_sr)
-            return self._ref_embedding
 
     def reference_levels(self) -> dict | None:
         """The reference's file, LUFS, true peak and crest (measured once per batch)."""

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import AfxError
+from .reference import ReferenceEmbedding
 
 STYLE_PRESET_FORMAT = "afx-style-preset"
 STYLE_PRESET_VERSION = 1
@@ -283,7 +284,7 @@ class StyleResult:
     notes: list[str] = field(default_factory=list)
 
 
-class StyleContext:
+class StyleContext(ReferenceEmbedding):
     """What every file of a batch shares: the model (loaded once), the reference (read and embedded
     once) or the preset. Thread-safe."""
 
@@ -330,14 +331,6 @@ class StyleContext:
                                    f"the model's is {self.predictor.embed_dim} (made with another model)")
         self._ref_embedding: np.ndarray | None = None
         self._lock = threading.Lock()
-
-    def reference_embedding(self) -> np.ndarray:
-        if self.style_preset is not None:
-            return self.style_preset.embedding
-        with self._lock:
-            if self._ref_embedding is None:
-                self._ref_embedding = self.predictor.embed(self.ref_audio, self.ref_sr)
-            return self._ref_embedding
 
 
 def _write_trace(path: Path, chain, values, sr: int, n_samples: int, description: str) -> None:
