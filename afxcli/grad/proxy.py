@@ -37,8 +37,6 @@ approximation.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -51,6 +49,7 @@ import torch.nn.functional as F
 
 from ..effects.base import expand_blocks
 from ..effects.chain import Chain
+from ..atomic import torch_save_atomic
 from ..errors import AfxError
 from ..losses import MultiResolutionSTFTLoss
 from ..render import render_chain, render_effect
@@ -691,18 +690,6 @@ def _as_source(source: AudioSource, sample_rate: float) -> Callable[[np.random.G
 # =============================================================================================
 # Checkpoints
 # =============================================================================================
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_proxy(path: str | Path, model: ProxyTCN, chain: Chain, **extra: Any) -> Path:
     """Write a proxy checkpoint (atomically): format/version, model config, weights, the chain
     spec and sample rate, plus ``extra`` entries (optimizer state, step, history, train config)."""
@@ -711,7 +698,7 @@ def save_proxy(path: str | Path, model: ProxyTCN, chain: Chain, **extra: Any) ->
             "chain_spec": chain.spec, "sample_rate": chain.sample_rate,
             "receptive_field_samples": model.receptive_field_samples,
             "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, **extra}
-    _atomic_save(ckpt, path)
+    torch_save_atomic(ckpt, path)
     return path
 
 
