@@ -9,10 +9,7 @@ file's rate) → pedalboard render of the chain at the file's own rate, full len
 :class:`StylePredictor` is the small interface the commands use: ``StylePredictor.load(path)``,
 ``embed(audio, sr)``, ``predict(input_audio, input_sr, ref_audio, ref_sr)`` → per-effect values.
 It loads a checkpoint of the ``style`` training task through
-:func:`afxcli.train.checkpoint.load_for_inference`; while no ``style`` task is registered it
-rebuilds the :class:`~afxcli.nn.StyleModel` from the checkpoint's config itself
-(:func:`build_style_model`: ``data.sample_rate`` and ``task_options`` frontend/encoder/options/hidden,
-the convention of the other audio tasks).
+:func:`afxcli.train.checkpoint.load_for_inference`.
 
 Adaptive presets (``"format": "afx-style-preset"``): a stored style embedding with a description
 and the id of the model that made it, used in place of a reference embedding.
@@ -48,22 +45,6 @@ MAX_WINDOWS = 12
 # ------------------------------------------------------------------------------------------------
 # model
 # ------------------------------------------------------------------------------------------------
-def build_style_model(config: dict, chain_spec: dict) -> torch.nn.Module:
-    """A :class:`~afxcli.nn.StyleModel` from a checkpoint config (``data.sample_rate``;
-    ``task_options``: ``frontend``, ``encoder``, ``frontend_options``, ``encoder_options``, ``hidden``)."""
-    from ..effects.chain import Chain
-    from ..nn import StyleModel, make_analyzer
-
-    try:
-        d, o = config["data"], config.get("task_options", {})
-        sr = float(d["sample_rate"])
-        analyzer = make_analyzer(o.get("frontend", "logmel"), o.get("encoder", "mobilenet"), sr,
-                                 o.get("frontend_options") or {}, **(o.get("encoder_options") or {}))
-        return StyleModel(analyzer, Chain(chain_spec, sr).n_free, tuple(o.get("hidden", (256, 256))))
-    except (KeyError, TypeError, ValueError) as e:
-        raise AfxError(f"style checkpoint config: {' '.join(str(e).split())}") from None
-
-
 def save_style_checkpoint(path: str | Path, model: torch.nn.Module, chain_spec: dict, config: dict) -> Path:
     """Write ``model`` as a ``style``-task checkpoint readable by :meth:`StylePredictor.load`."""
     from ..train.checkpoint import save_checkpoint
@@ -122,17 +103,9 @@ class StylePredictor:
         p = Path(path)
         data = load_checkpoint(p)
         task = str(data.get("task"))
-        if task in TASKS:
-            model, spec, config = load_for_inference(p)
-        elif task == "style":
-            spec, config = data.get("chain_spec"), data.get("config") or {}
-            model = build_style_model(config, spec)
-            try:
-                model.load_state_dict(data["model_state"])
-            except (RuntimeError, KeyError) as e:
-                raise AfxError(f"{p}: weights do not fit the style model ({' '.join(str(e).split())[:200]})") from None
-        else:
+        if task != "style" or task not in TASKS:
             raise AfxError(f"{p}: a {task!r} checkpoint, not a style model")
+        model, spec, config = load_for_inference(p)
         if not hasattr(model, "analyzer") or not hasattr(model, "controller"):
             raise AfxError(f"{p}: not a style model (no analyzer/controller)")
         return cls(model, spec, config, _file_id(p), p)
