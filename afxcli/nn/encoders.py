@@ -247,7 +247,9 @@ class TFEncoder(Encoder):
         return emb
 
 
-ENCODERS = {"mobilenet": MobileNetEncoder, "tfe": TFEncoder}
+from .stats import StatsEncoder  # noqa: E402  (after Encoder: a plain module, no cycle)
+
+ENCODERS = {"mobilenet": MobileNetEncoder, "tfe": TFEncoder, "stats": StatsEncoder}
 
 
 def make_encoder(name: str, in_channels: int = 1, **options) -> Encoder:
@@ -331,4 +333,6 @@ def make_analyzer(frontend: str = "logmel", encoder: str = "mobilenet", sample_r
     from .frontends import make_frontend
 
     fe = make_frontend(frontend, sample_rate, **(frontend_options or {}))
+    if encoder == "stats":
+        encoder_options.setdefault("n_bins", fe.n_bins)
     return Analyzer(fe, make_encoder(encoder, in_channels=fe.out_channels, **encoder_options))

@@ -92,7 +92,8 @@ class StylePredictor:
             raise AfxError(f"style model predicts {model.n_params} parameters, its chain has "
                            f"{self.model_chain.n_free} free ones")
         clip = (self.config.get("data") or {}).get("clip_samples")
-        self.window_samples = int(clip) if clip else int(DEFAULT_WINDOW_SECONDS * self.sample_rate)
+        # the model was trained on half-crops (input and reference halves, DeepAFx-ST §2.1)
+        self.window_samples = int(clip) // 2 if clip else int(DEFAULT_WINDOW_SECONDS * self.sample_rate)
         self._lock = threading.Lock()
 
     @classmethod

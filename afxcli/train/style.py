@@ -268,7 +268,7 @@ class StylePairDataset(ClipDataset):
     def __init__(self, files: Sequence[str | Path] | None, chain_spec: dict, sample_rate: int,
                  clip_samples: int, channels: int = 1, items_per_epoch: int = 1000, seed: int = 0,
                  peak_db: float | None = -12.0, bypass_probability: float = 0.1,
-                 min_energy: float = DEFAULT_MIN_ENERGY, max_tries: int = 10) -> None:
+                 min_energy: float = DEFAULT_MIN_ENERGY, max_tries: int = 10, store=None) -> None:
         from ..effects.chain import Chain
 
         super().__init__(items_per_epoch, seed)
@@ -283,6 +283,13 @@ class StylePairDataset(ClipDataset):
         self.peak_db, self.bypass_probability = peak_db, float(bypass_probability)
         self.min_energy, self.max_tries = float(min_energy), int(max_tries)
         self._durations = _Durations()
+        self.store = store
+        if store is not None:
+            if self.files is None or [str(f) for f in store.files] != [str(f) for f in self.files]:
+                raise AfxError("style data: the decoded-audio store holds other files")
+            if store.sample_rate != self.sample_rate or store.channels != self.channels:
+                raise AfxError(f"style data: the decoded-audio store is at {store.sample_rate} Hz, "
+                               f"{store.channels} ch, not {self.sample_rate} Hz, {self.channels} ch")
 
     def _file_clip(self, epoch: int, position: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
         order = self.epoch_order(epoch, len(self.files))
@@ -292,10 +299,16 @@ class StylePairDataset(ClipDataset):
             parts, names, need, j = [], [], self.clip_samples, idx
             while need > 0:  # short files (speech utterances): continue with further random files
                 path = self.files[j]
-                dur = self._durations(path)
-                take_s = min(need / self.sample_rate, dur)
-                start_s = rng.uniform(0.0, max(0.0, dur - take_s))
-                seg = read_segment(path, start_s, take_s, self.sample_rate, self.channels)
+                if self.store is not None:  # decoded once at the model rate: a slice, no decoding
+                    length = self.store.length(j)
+                    take = min(need, length)
+                    start = int(rng.integers(0, length - take + 1))
+                    seg = self.store.segment(j, start, take)
+                else:
+                    dur = self._durations(path)
+                    take_s = min(need / self.sample_rate, dur)
+                    start_s = rng.uniform(0.0, max(0.0, dur - take_s))
+                    seg = read_segment(path, start_s, take_s, self.sample_rate, self.channels)
                 seg = seg[:, :need] if seg.shape[1] else np.zeros((self.channels, need), np.float32)
                 parts.append(seg)
                 names.append(path.name)
@@ -357,8 +370,14 @@ def style_dataset(config: dict, chain_spec: dict, split: str) -> StylePairDatase
     d = config["data"]
     items = d["items_per_epoch"] if split == "train" else d["val_items"]
     seed = config["seed"] if split == "train" else config["seed"] + 7919  # fixed val pairs
-    return StylePairDataset(style_split_files(config, split), chain_spec, d["sample_rate"], d["clip_samples"],
-                            d["channels"], items, seed, d["peak_db"], d["bypass_probability"], d["min_energy"])
+    files = style_split_files(config, split)
+    store = None
+    if files is not None and d["decoded_cache"]:
+        from .pcm import PCMStore
+
+        store = PCMStore.open_or_build(files, d["sample_rate"], d["channels"])
+    return StylePairDataset(files, chain_spec, d["sample_rate"], d["clip_samples"], d["channels"], items, seed,
+                            d["peak_db"], d["bypass_probability"], d["min_energy"], store=store)
 
 
 def style_val_batches(config: dict, chain_spec: dict) -> list[dict]:
@@ -405,6 +424,8 @@ class StyleTask(ChainTask):
         "peak_db": Field(-12.0, OPT_FLOAT, doc="peak normalization of clip and styles (DeepAFx-ST: -12)"),
         "bypass_probability": Field(0.1, FLOAT, fraction, "per style and effect: a mild, almost-bypass setting"),
         "min_energy": Field(DEFAULT_MIN_ENERGY, FLOAT, non_negative, "redraw crops with a half at or below this mean x²"),
+        "decoded_cache": Field(False, BOOL, doc="decode the files once into a float16 store in the user cache "
+                               "(afxcli.train.pcm); crops are then slices, not decodes"),
     }
     option_fields = {
         **_strategy_fields(),
