@@ -450,6 +450,8 @@ def master(
     method: str = typer.Option("auto", "--method", help="auto | model | rule-based."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Style model checkpoint (default: shipped music model)."),
     refine_steps: int = typer.Option(0, "--refine", help="Gradient steps refining the chain against the reference."),
+    time_varying: bool = typer.Option(False, "--time-varying",
+                                      help="Frame-wise model predictions smoothed into automation (DeepAFx)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the spectra (a folder for many inputs)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report (a folder for many inputs)."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the parameter trace (a folder for many inputs)."),
@@ -470,7 +472,7 @@ def master(
     traces = _side_paths(trace, outs, "--trace", ".trace.json")
     prefetch_imports()  # torch/scipy load while the reference and the first input are read
     ctx = MasterContext(ref=ref, preset=preset, lufs=lufs, ceiling=ceiling, method=method, model=model,
-                        refine_steps=refine_steps)
+                        refine_steps=refine_steps, time_varying=time_varying)
 
     def one(item):
         inp, out, rep, plt, trc = item

@@ -165,6 +165,61 @@ def test_master_with_model_and_refine(model_path, tmp_path, capsys):
     assert "eq.peak1_gain_db" in r["chain"]["values"] and r["refine"]["steps"] == 1
 
 
+def test_predictor_frame_embeddings_follow_the_music(model_path):
+    pred = StylePredictor.load(model_path)
+    sr = 22050
+    x = audio(3.0, sr, 21, channels=2)
+    x[:, : int(1.5 * sr)] *= 0.05                       # a quiet first half, a loud second half
+    e, centers = pred.embed_frames(x, sr, 0.5)
+    assert e.shape == (6, pred.embed_dim) and np.allclose(centers, [0.25, 0.75, 1.25, 1.75, 2.25, 2.75])
+    assert np.all(np.isfinite(e))
+    assert np.linalg.norm(e[0] - e[-1]) > np.linalg.norm(e[-1] - e[-2]) > 0  # halves differ more than neighbours
+    # frame j is the analyzer on the model-rate window centred at (j + 0.5)·hop, clipped to the file
+    from afxcli.audio import resample
+    xm = torch.from_numpy(resample(x.mean(axis=0, keepdims=True), sr, MODEL_SR))
+    w = pred.window_samples
+    with torch.no_grad():
+        first = pred.model.analyzer(xm[None, :, :w])[0].numpy()
+        last = pred.model.analyzer(xm[None, :, xm.shape[-1] - w:])[0].numpy()
+    np.testing.assert_allclose(e[0], first, atol=1e-5)
+    np.testing.assert_allclose(e[-1], last, atol=1e-5)
+    q = pred.predict_normalized(e, pred.embed(x, sr))
+    assert q.shape == (6, pred.model_chain.n_free) and np.all((q > 0) & (q < 1))
+    short, c1 = pred.embed_frames(x[:, :2000], sr, 0.5)   # shorter than one window: one frame
+    assert short.shape == (1, pred.embed_dim) and np.allclose(c1, [0.25])
+
+
+def test_master_time_varying_writes_automation_that_renders_back(model_path, tmp_path, capsys):
+    sr = 22050
+    x = audio(4.0, sr, 22, channels=2, tilt=-0.5)
+    x[:, : 2 * sr] *= 0.1
+    inp = _write(tmp_path / "tv.wav", x, sr)
+    ref = _write(tmp_path / "tvr.wav", audio(2.0, sr, 23, channels=2, tilt=0.5), sr)
+    out, rep, trc, png = (tmp_path / n for n in ("tv_out.wav", "tv.json", "tv.trace.json", "tv.png"))
+    rc = main(["master", str(inp), "--ref", str(ref), "--model", str(model_path), "--time-varying",
+               "-o", str(out), "--report", str(rep), "--trace", str(trc), "--plot", str(png)])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(rep.read_text())
+    assert r["chain"]["time_varying"] and r["chain"]["automation"]["ranges"]   # some parameter moves
+    assert r["output"]["true_peak_dbtp"] <= -1.0 and png.stat().st_size > 10000
+    tr = json.loads(trc.read_text())
+    moving = [k for k, v in tr["params"].items() if isinstance(v, list) and len(set(v)) > 1]
+    assert moving and all(not k.startswith(("loudness.", "ceiling.")) for k in moving)
+    # the automation trace renders back to the same master (per-block updates through pedalboard)
+    again = tmp_path / "tv_again.wav"
+    assert main(["render", str(inp), "--preset", str(trc), "-o", str(again)]) == 0
+    a, _ = sf.read(str(out), always_2d=True)
+    b, _ = sf.read(str(again), always_2d=True)
+    assert a.shape == b.shape == (4 * sr, 2) and np.max(np.abs(a - b)) < 1e-5
+    # only with the model, and not together with --refine
+    for extra in (["--method", "rule-based"], ["--refine", "2"]):
+        capsys.readouterr()
+        rc = main(["master", str(inp), "--ref", str(ref), "--model", str(model_path), "--time-varying",
+                   "-o", str(tmp_path / "x.wav"), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and "time-varying" in err and not (tmp_path / "x.wav").exists()
+
+
 def test_style_errors_one_line_no_output(model_path, tmp_path, capsys):
     sr = 16000
     inp = _write(tmp_path / "e.wav", audio(1.0, sr, 14, channels=1), sr)

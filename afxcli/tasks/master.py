@@ -86,7 +86,7 @@ class MasterContext(ReferenceEmbedding):
 
     def __init__(self, ref: Path | None = None, preset: str | None = None, lufs: float | None = None,
                  ceiling: float | None = None, method: str = "auto", model: str | Path | None = None,
-                 refine_steps: int = 0) -> None:
+                 refine_steps: int = 0, time_varying: bool = False) -> None:
         from ..audio import read_audio
         from .style import (DEFAULT_MODELS, StylePredictor, is_style_preset, load_style_preset,
                             resolve_model_path, resolve_preset_path)
@@ -144,6 +144,11 @@ class MasterContext(ReferenceEmbedding):
         if self.param_preset is not None:
             method = "preset"
         self.method = method
+        self.time_varying = bool(time_varying)
+        if self.time_varying and method != "model":
+            raise AfxError("--time-varying needs the model method (frame-wise predictions)")
+        if self.time_varying and refine_steps:
+            raise AfxError("--refine works on a static chain; leave out --time-varying")
         self.refine_steps = int(refine_steps)
         if self.refine_steps and self.ref_audio is None:
             raise AfxError("--refine needs --ref REF (it matches the reference's features)")
@@ -198,20 +203,52 @@ class MasterContext(ReferenceEmbedding):
             return self._ref_features[key]
 
 
+#: Time-varying mastering (``--time-varying``): frame hop of the predictions (s) and the cutoff of
+#: the DeepAFx zero-phase lowpass that smooths them into automation (Hz; 0.2 Hz keeps changes
+#: to the scale of song sections, ~5 s, so the chain never "pumps" with the beat).
+AUTOMATION_HOP_SECONDS = 0.5
+AUTOMATION_CUTOFF_HZ = 0.2
+
+
+def model_automation(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray, model_effects: list[dict]):
+    """Frame-wise predictions of ``pred`` for ``audio`` against one reference embedding, smoothed
+    into a :class:`~afxcli.trace.ParameterTrace` of the chain ``model_effects`` at ``sr`` (DeepAFx
+    §2.3: frame-wise parameters, lowpass-filtered across frames)."""
+    from ..effects.chain import Chain
+    from ..trace import ParameterTrace, trace_specs, units_of
+
+    e, _ = pred.embed_frames(audio, sr, AUTOMATION_HOP_SECONDS)
+    q = pred.predict_normalized(e, ref_embedding)                       # (frames, n_free)
+    chain = Chain({"effects": model_effects}, sr)
+    per_frame = [Chain.flatten(chain.labels, pred.values(q[j], chain)) for j in range(q.shape[0])]
+    params = {k: np.array([f[k] for f in per_frame]) for k in per_frame[0]}
+    hop = int(round(AUTOMATION_HOP_SECONDS * sr))
+    tr = ParameterTrace(chain.spec, sr, hop, params, int(audio.shape[1]), units_of(chain))
+    return tr.smoothed(trace_specs(chain), AUTOMATION_CUTOFF_HZ), chain
+
+
 def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: list[str]):
-    """(chain, per-effect values, pre-processing FIR or None, description, chain input) for this
-    file; the chain input is ``audio`` or, for the rule-based method, ``audio`` through its FIR
-    (filtered once: the threshold search and the render share it)."""
+    """(chain, per-effect values, pre-processing FIR or None, description, chain input, automation)
+    for this file; the chain input is ``audio`` or, for the rule-based method, ``audio`` through its
+    FIR (filtered once: the threshold search and the render share it). ``automation`` is a
+    :class:`~afxcli.trace.ParameterTrace` of the effects before the loudness stage
+    (``--time-varying``; ``values`` then holds their median settings), else None."""
     from ..effects.chain import Chain, normalize_spec
 
-    fir, described, x = None, {}, audio
+    fir, described, x, automation = None, {}, audio, None
     if ctx.method == "model":
         pred = ctx.predictor
         model_effects = normalize_spec(pred.chain_spec)["effects"]
         chain = Chain(master_chain_spec(model_effects, ctx.ceiling), sr)
-        q = pred.predict_normalized(pred.embed(audio, sr), ctx.reference_embedding())
-        values = pred.values(q, chain) + [dict(v) for v in chain.base_values()[len(model_effects):]]
-        described = {"model_id": pred.model_id, "model": str(pred.path) if pred.path else None}
+        tail = [dict(v) for v in chain.base_values()[len(model_effects):]]
+        if ctx.time_varying:
+            automation, sub = model_automation(pred, audio, sr, ctx.reference_embedding(), model_effects)
+            values = sub.values_from_flat(automation.reduce("median")) + tail
+        else:
+            q = pred.predict_normalized(pred.embed(audio, sr), ctx.reference_embedding())
+            values = pred.values(q, chain) + tail
+        described = {"model_id": pred.model_id, "model": str(pred.path) if pred.path else None,
+                     "time_varying": bool(ctx.time_varying)}
     elif ctx.method == "rule-based":
         from .rulebased import design_matched_eq, search_threshold
 
@@ -241,13 +278,18 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
     else:
         chain = Chain(master_chain_spec([], ctx.ceiling)["effects"][1:], sr)  # limiter only
         values = chain.base_values()
-    return chain, values, fir, described, x
+    return chain, values, fir, described, x, automation
 
 
-def _render_until_limiter(chain, values, audio: np.ndarray) -> np.ndarray:
-    """Render every effect before the final limiter (and the loudness gain) with pedalboard."""
-    from ..render import render_effect
+def _render_until_limiter(chain, values, audio: np.ndarray, automation=None) -> np.ndarray:
+    """Render every effect before the final limiter (and the loudness gain) with pedalboard
+    (``automation``: a trace of exactly those effects, rendered with per-block updates)."""
+    from ..render import render_chain, render_effect
 
+    if automation is not None:
+        from ..effects.chain import Chain
+
+        return render_chain(Chain(automation.chain, chain.sample_rate), audio, automation)
     y = np.ascontiguousarray(audio, dtype=np.float32)
     for lab, fx, v in zip(chain.labels, chain.effects, values):
         if lab in (LOUDNESS_LABEL, LIMITER_LABEL):
@@ -300,7 +342,7 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
     from ..effects.chain import Chain
 
     notes: list[str] = []
-    chain, values, fir, described, x = _chain_and_values(audio, sr, ctx, notes)
+    chain, values, fir, described, x, automation = _chain_and_values(audio, sr, ctx, notes)
     t_params = time.perf_counter()
     refine_info = None
     if ctx.refine_steps:
@@ -311,7 +353,7 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         values = [dict(v) for v in res.values_after]
         refine_info = res.to_dict()
     t_refine = time.perf_counter()
-    pre = _render_until_limiter(chain, values, x)
+    pre = _render_until_limiter(chain, values, x, automation)
     lim_index = chain.labels.index(LIMITER_LABEL)
     loud = match_loudness(pre, sr, ctx.target_lufs, ctx.ceiling,
                           release_ms=float(values[lim_index]["release_ms"]),
@@ -359,8 +401,18 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         in_f, ref_f = features.result()
         report["feature_distance_db"] = {"input": round(float(distance(in_f, ref_f)), 4),
                                          "output": round(float(distance(out_features.result(), ref_f)), 4)}
+    if automation is not None:  # the report gives each automated parameter's range
+        report["chain"]["automation"] = {
+            "hop_seconds": AUTOMATION_HOP_SECONDS, "smoothing_cutoff_hz": AUTOMATION_CUTOFF_HZ,
+            "ranges": {k: [round(float(a.min()), 4), round(float(a.max()), 4)]
+                       for k, a in automation.params.items() if not np.all(a == a[0])}}
     if trace_path is not None:
-        tr = ParameterTrace.static(chain.spec, flat, sr, units=units)
+        if automation is not None:
+            params = {k: (automation.params[k] if k in automation.params else np.full(automation.n_frames, v))
+                      for k, v in flat.items()}
+            tr = ParameterTrace(chain.spec, sr, automation.hop, params, units=units)
+        else:
+            tr = ParameterTrace.static(chain.spec, flat, sr, units=units)
         tr.n_samples = int(audio.shape[1])
         tr.description = (f"afx master ({ctx.method}) of {Path(input_path).name}"
                           + (" after a matched FIR EQ that is not part of this chain" if fir is not None else ""))
@@ -377,7 +429,12 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
                          if not k.startswith("eq.") or k.endswith("gain_db")})
         if fir is not None:
             settings["fir eq"] = " ".join(f"{k}:{v:+.0f}" for k, v in list(fir.band_gains_db().items())[::3])
-        plot_master(plot_path, spectra, f"afx master: {Path(input_path).name}", None, settings)
+        auto = None
+        if automation is not None:
+            t = (np.arange(automation.n_frames) + 0.5) * automation.hop_seconds
+            auto = {f"{k} ({units.get(k, '')})": (t, a) for k, a in automation.params.items()
+                    if not np.all(a == a[0]) and (k.endswith("gain_db") or k.endswith("threshold_db"))}
+        plot_master(plot_path, spectra, f"afx master: {Path(input_path).name}", auto or None, settings)
         report["plot"] = str(plot_path)
     if report_path is not None:
         write_report(report_path, report)

@@ -142,15 +142,51 @@ class StylePredictor:
                                                   self.window_samples)
         return e[0].numpy().astype(np.float64)
 
+    def embed_frames(self, audio: np.ndarray, sample_rate: float, hop_seconds: float,
+                     max_batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Frame-wise style embeddings of a recording ``(channels, samples)``: one analysis window
+        (the model's ``window_samples`` at its rate) centered every ``hop_seconds``, clipped to the
+        file (zero-padded only when the file is shorter than a window). Returns
+        ``(embeddings (n_frames, embed_dim), centers_s (n_frames,))`` with ``n_frames =
+        ceil(duration / hop_seconds)``, frame ``j`` centered at ``(j + 0.5) · hop_seconds``
+        (the :class:`~afxcli.trace.ParameterTrace` convention)."""
+        from ..audio import resample
+
+        if not hop_seconds > 0:
+            raise AfxError(f"frame hop must be > 0 s, got {hop_seconds}")
+        a = np.asarray(audio, dtype=np.float32)
+        if a.shape[0] > 1:
+            a = a.mean(axis=0, keepdims=True)
+        x = resample(a, sample_rate, self.sample_rate)
+        n, w = x.shape[-1], self.window_samples
+        if n < w:
+            x = np.pad(x, ((0, 0), (0, w - n)))
+        duration = a.shape[-1] / float(sample_rate)
+        n_frames = max(1, int(math.ceil(duration / hop_seconds - 1e-9)))
+        centers = (np.arange(n_frames) + 0.5) * hop_seconds
+        starts = np.clip(np.round(centers * self.sample_rate).astype(np.int64) - w // 2, 0, max(0, x.shape[-1] - w))
+        xt = torch.from_numpy(np.ascontiguousarray(x))
+        out = []
+        with self._lock, torch.no_grad():
+            for i in range(0, n_frames, max_batch):
+                batch = torch.stack([xt[:, s:s + w] for s in starts[i:i + max_batch]])
+                out.append(self.model.analyzer(batch))
+        return torch.cat(out).numpy().astype(np.float64), centers
+
     def predict_normalized(self, e_input: np.ndarray, e_reference: np.ndarray) -> np.ndarray:
-        """Controller on two embeddings → normalized free parameters ``(n_free,)`` in (0, 1)."""
-        e_i = torch.as_tensor(np.asarray(e_input), dtype=torch.float32)[None]
+        """Controller on two embeddings → normalized free parameters ``(n_free,)`` in (0, 1).
+        ``e_input`` may also be frame-wise ``(n_frames, embed_dim)`` (:meth:`embed_frames`): then
+        ``(n_frames, n_free)``, every frame against the same reference."""
+        frames = np.ndim(e_input) == 2
+        e_i = torch.as_tensor(np.asarray(e_input), dtype=torch.float32)
+        e_i = e_i if frames else e_i[None]
         e_r = torch.as_tensor(np.asarray(e_reference), dtype=torch.float32)[None]
-        if e_i.shape != e_r.shape:
+        if e_i.shape[1:] != e_r.shape[1:]:
             raise AfxError(f"style embeddings differ in size ({e_i.shape[1]} vs {e_r.shape[1]}); "
                            "was the preset made with another model?")
         with torch.no_grad():
-            return self.model.controller(e_i, e_r)[0].numpy().astype(np.float64)
+            q = self.model.controller(e_i, e_r.expand(e_i.shape[0], -1)).numpy().astype(np.float64)
+        return q if frames else q[0]
 
     def values(self, q: np.ndarray, chain) -> list[dict[str, float]]:
         """Normalized ``q`` → per-effect physical values for ``chain`` (the model's chain spec built

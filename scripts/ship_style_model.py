@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Ship a trained style model: ``models/style_<domain>.pt`` (weights for inference) and its model
+card ``models/style_<domain>.json``, with figures measured on held-out audio.
+
+The shipped file is the run's best checkpoint (lowest validation loss) without the optimizer and
+generator states: format "afx-checkpoint", task, the complete config, chain spec, model weights,
+the step and validation loss it was taken at. The card records the data (corpora, split, hours),
+the training (config file, exact command, steps reached, wall time per step), and the DeepAFx-ST
+§4.1 figures of ``benchmarks/style_eval.py`` on the corpus's **validation split** (tracks or
+speakers never trained on) for input, rule-based baseline and model.
+
+    .venv/bin/python scripts/ship_style_model.py --run runs/style_music --domain music \\
+        --config configs/style_music.json --n 50
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from afxcli.atomic import torch_save_atomic, write_json_atomic  # noqa: E402
+from afxcli.train import load_checkpoint  # noqa: E402
+
+KEEP = ("task", "config", "chain_spec", "model_state", "step", "best_val_loss", "best_step")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", required=True, help="run folder (best.pt, last.pt, log.jsonl)")
+    ap.add_argument("--domain", required=True, choices=("music", "speech"))
+    ap.add_argument("--config", required=True, help="the config file the run was trained with")
+    ap.add_argument("--n", type=int, default=50, help="style_eval pairs for the card")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", default=str(ROOT / "models"))
+    args = ap.parse_args(argv)
+
+    run = Path(args.run)
+    src = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+    data = load_checkpoint(src)
+    last = load_checkpoint(run / "last.pt") if (run / "last.pt").is_file() else data
+    ship = {"format": data["format"], "version": data["version"], **{k: data.get(k) for k in KEEP},
+            "finished": True, "stop_reason": "shipped"}
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / f"style_{args.domain}.pt"
+    torch_save_atomic(ship, weights)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import style_eval  # noqa: E402
+    from afxcli import datasets
+    from afxcli.tasks.style import StylePredictor
+
+    corpus, sr, channels = style_eval.DOMAINS[args.domain]
+    files = datasets.files(corpus, "val")
+    predictor = StylePredictor.load(weights)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    result = style_eval.evaluate_pairs(files, sr, channels, args.n, args.seed, 10.0, predictor)
+    eval_s = time.perf_counter() - t0
+    lines = style_eval.figure_lines(args.domain, result)
+
+    cfg = data["config"]
+    names = cfg["data"]["corpus"]
+    names = [names] if isinstance(names, str) else list(names)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    step_times = [e["time_s"] for e in log if "time_s" in e]
+    card = {
+        "model": f"style_{args.domain}",
+        "file": weights.name, "sha256": sha, "bytes": weights.stat().st_size,
+        "parameters": int(sum(v.numel() for v in data["model_state"].values() if v.is_floating_point())),
+        "method": "DeepAFx-ST self-supervised production style transfer (Steinmetz et al., JAES 2022, §2.1): "
+                  "one clip, two random styles, halves swapped; shared-weight analyzer (log-mel → "
+                  "production statistics → learned projection) on input and reference → controller MLP → "
+                  "22 chain parameters; loss MR-STFT + 100·MAE through the chain's torch twins (AD).",
+        "chain": data["chain_spec"],
+        "data": {
+            "corpora": {n: datasets.summary(n) for n in names},
+            "split": "fixed, by track (music) or speaker (speech): scripts/data/README.md",
+            "recipe": "bash scripts/data/build_all.sh (Debian/PyPI packages only; nothing audio committed)",
+            "model_rate_hz": cfg["data"]["sample_rate"], "clip_samples": cfg["data"]["clip_samples"],
+        },
+        "training": {
+            "config": args.config,
+            "command": f".venv/bin/python scripts/train_style.py --config {args.config} --out {args.run}",
+            "ship_command": f".venv/bin/python scripts/ship_style_model.py --run {args.run} --domain {args.domain} "
+                            f"--config {args.config} --n {args.n}",
+            "steps_planned": cfg["steps"], "steps_reached": int(last.get("step", 0)),
+            "shipped_step": int(data.get("step", 0)), "best_val_loss": data.get("best_val_loss"),
+            "batch_size": cfg["batch_size"], "lr": cfg["lr"], "schedule": cfg["schedule"],
+            "seconds_per_step_mean": round(sum(step_times) / len(step_times), 4) if step_times else None,
+            "hardware": "2 CPU cores (no GPU)",
+        },
+        "evaluation": {
+            "benchmark": f".venv/bin/python benchmarks/style_eval.py --domains {args.domain} --n {args.n} "
+                         f"--seed {args.seed} --{args.domain}-model {weights.relative_to(ROOT) if weights.is_relative_to(ROOT) else weights}",
+            "data": f"{corpus} validation split ({len(files)} files never trained on), {args.n} synthetic "
+                    f"full-reference pairs of 10 s at {sr} Hz, {channels} ch (DeepAFx-ST §4.1)",
+            "figures": {line.split(":")[0]: line.split(":", 1)[1].strip() for line in lines},
+            "seconds": round(eval_s, 1),
+        },
+    }
+    card_path = out_dir / f"style_{args.domain}.json"
+    write_json_atomic(card_path, card)
+    print(f"shipped {weights} ({weights.stat().st_size / 1e6:.2f} MB, step {ship['step']}) and {card_path}",
+          file=sys.stderr)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
