@@ -8,7 +8,8 @@ seconds (speed); the default uses whole files.
 
 Methods, each writing a mastered file per pair: ``input`` (the mix itself, for scale), ``afx_rule_based``
 (``afx master --method rule-based``, DeepAFx-ST §3.3 baseline + afx's loudness stage and true-peak
-limiter), ``afx_model`` (``--model PATH``), ``matchering`` (the ``matchering`` package, run in a
+limiter), ``afx_model`` (``--model PATH``), ``afx_model_tv`` (``--model PATH --time-varying``: the
+model's frame-wise predictions smoothed into automation), ``matchering`` (the ``matchering`` package, run in a
 subprocess of a separate venv, ``--matchering-python``, default ``/tmp/bench-venv/bin/python``; set
 it up with ``python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install matchering``).
 
@@ -193,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=10, help="validation pairs (>= 10 for the issue's figure)")
     p.add_argument("--model", default=None, help="style model: adds afx_model (checkpoint path or 'music')")
     p.add_argument("--no-rule-based", action="store_true", help="with --model: skip afx_rule_based")
+    p.add_argument("--time-varying", action="store_true",
+                   help="with --model: also afx_model_tv (afx master --time-varying: frame-wise automation)")
     p.add_argument("--ceiling", type=float, default=-1.0, help="afx's true-peak ceiling, dBTP")
     p.add_argument("--max-seconds", type=float, default=None, help="crop mixes and references to their start")
     p.add_argument("--matchering-python", default=DEFAULT_MATCHERING_PYTHON)
@@ -206,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         methods["afx_rule_based"] = {"method": "rule-based"}
     if args.model:
         methods["afx_model"] = {"method": "model", "model": args.model}
+        if args.time_varying:
+            methods["afx_model_tv"] = {"method": "model", "model": args.model, "time_varying": True}
     mpy = args.matchering_python if matchering_available(args.matchering_python) else None
     if mpy is None:
         print(f"matchering: not importable with {args.matchering_python} "

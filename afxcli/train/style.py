@@ -147,12 +147,15 @@ def random_style(rng: np.random.Generator, keys: Sequence[str], n: int = 1,
     return out
 
 
-#: The "neutral" setting a fresh controller starts from (``init_neutral``): flat EQ, compressor
-#: barely engaged (threshold 0 dB, ratio 1.05), no makeup or output gain; frequencies, Qs and
-#: times at their range's log-midpoint.
+#: The "neutral" setting a fresh controller starts from (``init_neutral``): flat EQ, a gently
+#: *engaged* compressor (threshold −24 dB, ratio 1.3), no makeup or output gain; frequencies, Qs and
+#: times at their range's log-midpoint. The compressor must start engaged: the clips peak at
+#: −12 dBFS, and a hard-knee compressor whose threshold sits above the signal passes no gradient to
+#: its threshold, ratio, attack or release (measured: with the earlier threshold 0 dB / ratio 1.05
+#: start, the speech model still left the compressor there after 1000 steps).
 NEUTRAL_STYLE: dict[str, float] = {
     **{k: 0.0 for k in STYLE_DISTRIBUTIONS if k.endswith("_gain_db")},
-    "comp.threshold_db": 0.0, "comp.ratio": 1.05, "comp.makeup_db": 0.0,
+    "comp.threshold_db": -24.0, "comp.ratio": 1.3, "comp.makeup_db": 0.0,
 }
 
 
@@ -435,7 +438,7 @@ class StyleTask(ChainTask):
         "encoder_options": Field({}, DICT, doc="e.g. {\"embed_dim\": 128, \"l2_normalize\": true}"),
         "hidden": Field([256, 256], (list,), lambda v: None if v and all(isinstance(h, int) and h > 0 for h in v)
                         else "must be a list of positive integers", "controller MLP widths"),
-        "init_neutral": Field(True, BOOL, doc="start the controller near a transparent chain (init_controller_neutral)"),
+        "init_neutral": Field(True, BOOL, doc="start the controller near NEUTRAL_STYLE (init_controller_neutral)"),
     }
 
     @classmethod
