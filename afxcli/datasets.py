@@ -163,6 +163,11 @@ def files(name: str, split: str | None = None, *, check: bool = True) -> list[Pa
     return out
 
 
+def groups(name: str, split: str | None = None) -> list[str]:
+    """The group (track or speaker) of each file :func:`files` returns, in the same order."""
+    return [str(it.get("group", it["file"])) for it in load_manifest(name) if split is None or it["split"] == split]
+
+
 def summary(name: str) -> dict[str, dict[str, float]]:
     """Per split: number of items, hours of audio and number of groups, e.g. for a README."""
     out: dict[str, dict[str, float]] = {}

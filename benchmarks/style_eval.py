@@ -53,12 +53,15 @@ def pair_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float) -> 
 
 
 def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int, n: int, seed: int,
-                   clip_seconds: float, predictor=None, progress: bool = False) -> dict[str, dict[str, float]]:
+                   clip_seconds: float, predictor=None, progress: bool = False,
+                   groups: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs.
 
     ``files``: audio files of the split (None: generated music-like clips, for tests). Pair ``k`` is
     item ``k`` of a :class:`~afxcli.train.style.StylePairDataset` seeded with ``seed`` (fixed crops,
     styles and halves). ``predictor``: a loaded :class:`~afxcli.tasks.style.StylePredictor` or None.
+    ``groups``: the group (speaker/track) of each file; a file shorter than the crop is continued
+    within its group (one speaker per pair, as DeepAFx-ST's one-recording segments).
     """
     from afxcli.effects.chain import Chain
     from afxcli.render import render_chain
@@ -66,7 +69,8 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     from afxcli.train.style import STYLE_CHAIN, StylePairDataset
 
     clip = int(round(clip_seconds * sample_rate)) // 2 * 2
-    ds = StylePairDataset(files, STYLE_CHAIN, sample_rate, clip, channels, items_per_epoch=n, seed=seed)
+    ds = StylePairDataset(files, STYLE_CHAIN, sample_rate, clip, channels, items_per_epoch=n, seed=seed,
+                          groups=groups)
     chain = Chain(predictor.chain_spec, sample_rate) if predictor is not None else None
     rows: dict[str, list[dict[str, float]]] = {"input": [], "rule-based": []}
     if predictor is not None:
@@ -136,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{predictor.path if predictor else '(none)'}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
-                                progress=not args.quiet)
+                                progress=not args.quiet, groups=datasets.groups(corpus, "val"))
         print(f"{domain}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         out += figure_lines(domain, result)
     print("\n".join(out))

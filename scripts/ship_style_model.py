@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     predictor = StylePredictor.load(weights)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    result = style_eval.evaluate_pairs(files, sr, channels, args.n, args.seed, 10.0, predictor)
+    result = style_eval.evaluate_pairs(files, sr, channels, args.n, args.seed, 10.0, predictor,
+                                       groups=datasets.groups(corpus, "val"))
     eval_s = time.perf_counter() - t0
     lines = style_eval.figure_lines(args.domain, result)
 

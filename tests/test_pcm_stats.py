@@ -95,3 +95,24 @@ def test_stats_analyzer_learns_through_projection():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in an.encoder.parameters())
     with pytest.raises(AfxError, match="mono"):
         StatsEncoder(in_channels=2)
+
+
+def test_short_files_continue_within_their_group(tmp_path):
+    """Utterances of 0.25 s, clip of 1 s: with groups, every clip holds one speaker only."""
+    sr = 16000
+    t = np.arange(sr // 4) / sr
+    files, groups = [], []
+    for g, hz in (("low", 200.0), ("high", 2500.0)):
+        for k in range(4):
+            f = tmp_path / f"{g}{k}.wav"
+            sf.write(f, (0.5 * np.sin(2 * np.pi * hz * t + k)).astype(np.float32), sr)
+            files.append(f)
+            groups.append(g)
+    ds = StylePairDataset(files, STYLE_CHAIN, sr, sr, items_per_epoch=16, seed=2, bypass_probability=1.0,
+                          groups=groups)
+    for k in range(16):
+        name = ds[k]["name"]
+        parts = name.split("+")
+        assert len(parts) >= 4 and len({p.rstrip("0123456789.wav") for p in parts}) == 1, name
+    with pytest.raises(AfxError, match="one group per file"):
+        StylePairDataset(files, STYLE_CHAIN, sr, sr, items_per_epoch=4, groups=groups[:3])

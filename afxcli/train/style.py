@@ -32,7 +32,10 @@ Data sources (``data`` section): built corpora by name (:func:`afxcli.datasets.f
 train/validation split by track or speaker), any audio folder (split by path hash,
 :func:`afxcli.train.data.split_files`) or generated music-like signals (tests). Files are read by
 segment (only the crop, :func:`read_segment`) and resampled to the model rate; a file shorter than
-the clip is continued with further random files of the same split (speech utterances are ~3 s).
+the clip is continued with further random files of the same group — the same speaker or track, as
+DeepAFx-ST's segments come from one recording — when the corpus gives groups (speech utterances are
+~3 s; continuing with *any* file mixed speakers and recording levels within one clip, so the two
+halves differed in loudness by more than any style could explain), else of the same split.
 """
 from __future__ import annotations
 
@@ -271,7 +274,8 @@ class StylePairDataset(ClipDataset):
     def __init__(self, files: Sequence[str | Path] | None, chain_spec: dict, sample_rate: int,
                  clip_samples: int, channels: int = 1, items_per_epoch: int = 1000, seed: int = 0,
                  peak_db: float | None = -12.0, bypass_probability: float = 0.1,
-                 min_energy: float = DEFAULT_MIN_ENERGY, max_tries: int = 10, store=None) -> None:
+                 min_energy: float = DEFAULT_MIN_ENERGY, max_tries: int = 10, store=None,
+                 groups: Sequence[str] | None = None) -> None:
         from ..effects.chain import Chain
 
         super().__init__(items_per_epoch, seed)
@@ -287,6 +291,15 @@ class StylePairDataset(ClipDataset):
         self.min_energy, self.max_tries = float(min_energy), int(max_tries)
         self._durations = _Durations()
         self.store = store
+        # files of the same group (speaker, track): a short file is continued within its group
+        self._same_group: list[np.ndarray] | None = None
+        if groups is not None:
+            if self.files is None or len(groups) != len(self.files):
+                raise AfxError("style data: one group per file is needed")
+            members: dict[str, list[int]] = {}
+            for i, g in enumerate(groups):
+                members.setdefault(str(g), []).append(i)
+            self._same_group = [np.asarray(members[str(g)]) for g in groups]
         if store is not None:
             if self.files is None or [str(f) for f in store.files] != [str(f) for f in self.files]:
                 raise AfxError("style data: the decoded-audio store holds other files")
@@ -316,7 +329,8 @@ class StylePairDataset(ClipDataset):
                 parts.append(seg)
                 names.append(path.name)
                 need -= seg.shape[1]
-                j = int(rng.integers(len(self.files)))
+                pool = self._same_group[idx] if self._same_group is not None else None
+                j = int(pool[rng.integers(len(pool))]) if pool is not None else int(rng.integers(len(self.files)))
             x = np.concatenate(parts, axis=1)[:, :self.clip_samples]
             h = self.clip_samples // 2
             e = [float(np.mean(x[:, s].astype(np.float64) ** 2)) for s in (slice(0, h), slice(h, None))]
@@ -374,13 +388,19 @@ def style_dataset(config: dict, chain_spec: dict, split: str) -> StylePairDatase
     items = d["items_per_epoch"] if split == "train" else d["val_items"]
     seed = config["seed"] if split == "train" else config["seed"] + 7919  # fixed val pairs
     files = style_split_files(config, split)
+    groups = None
+    if d["corpus"]:  # continue short files (speech utterances) with the same speaker/track
+        from .. import datasets
+
+        names = [d["corpus"]] if isinstance(d["corpus"], str) else d["corpus"]
+        groups = [f"{n}/{g}" for n in names for g in datasets.groups(n, split)]
     store = None
     if files is not None and d["decoded_cache"]:
         from .pcm import PCMStore
 
         store = PCMStore.open_or_build(files, d["sample_rate"], d["channels"])
     return StylePairDataset(files, chain_spec, d["sample_rate"], d["clip_samples"], d["channels"], items, seed,
-                            d["peak_db"], d["bypass_probability"], d["min_energy"], store=store)
+                            d["peak_db"], d["bypass_probability"], d["min_energy"], store=store, groups=groups)
 
 
 def style_val_batches(config: dict, chain_spec: dict) -> list[dict]:
