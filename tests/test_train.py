@@ -52,6 +52,32 @@ def test_few_steps_reduce_loss(tmp_path):
     assert all({"loss", "lr", "time_s", "grad_norm"} <= set(x) for x in steps)
 
 
+def test_non_finite_gradient_skips_the_update(tmp_path, monkeypatch):
+    """An inf gradient at one step is skipped (logged), not applied: the weights stay finite."""
+    from afxcli.train.tasks import TASKS
+
+    cls = TASKS["toy"]
+    orig = cls.loss
+    handles = []
+
+    def loss(self, batch, step):
+        while handles:
+            handles.pop().remove()
+        value = orig(self, batch, step)
+        if step == 5:
+            p = next(self.model.parameters())
+            handles.append(p.register_hook(lambda g: torch.full_like(g, float("inf"))))
+        return value
+
+    monkeypatch.setattr(cls, "loss", loss)
+    res = run_training("toy", write_config(tmp_path, tiny_config()), tmp_path / "run", quiet=True)
+    assert res.stop_reason == "finished" and res.step == 12
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "skipped_update" in x] == [6]
+    model, _, _ = load_for_inference(tmp_path / "run" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
 def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -317,7 +317,16 @@ def _train(config: dict, out: Path, resume: bool, quiet: bool, progress: bool | 
                 else:
                     gnorm = float(torch.linalg.vector_norm(torch.stack(
                         [p.grad.detach().norm() for p in params if p.grad is not None])))
-                optimizer.step()
+                if math.isfinite(gnorm):
+                    optimizer.step()
+                else:
+                    # an inf/NaN gradient (e.g. a chain adjoint at an extreme setting) would turn every
+                    # weight into NaN through the clipping (x·c/inf); skip this update, as mixed-precision
+                    # loss scalers do, and log it
+                    optimizer.zero_grad(set_to_none=True)
+                    logf.write(json.dumps({"step": step + 1, "skipped_update": "non-finite gradient",
+                                           "loss": loss_value}) + "\n")
+                    logf.flush()
                 step += 1
                 task.on_step_end(step)
                 dt = time.perf_counter() - t0
