@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from afxcli.audio import read_audio  # noqa: E402
 from afxcli.effects.chain import Chain  # noqa: E402
+from afxcli.tasks.loudness import fast_lufs  # noqa: E402
 from afxcli.render import render_chain  # noqa: E402
 from afxcli.tasks.style import StylePredictor, make_style_preset, resolve_model_path  # noqa: E402
 
@@ -108,6 +110,7 @@ def build(model: str | None, clips: str | None, out_dir: Path, max_clips: int, m
     if not paths:
         raise SystemExit("no speech clips found")
     embeddings: dict[str, list[np.ndarray]] = {s: [] for s in styles}
+    levels: dict[str, list[float]] = {s: [] for s in styles}
     used = 0
     for p in paths:
         audio, sr = read_audio(p)
@@ -116,7 +119,9 @@ def build(model: str | None, clips: str | None, out_dir: Path, max_clips: int, m
             continue
         used += 1
         for s in styles:
-            embeddings[s].append(pred.embed(render_style(audio, sr, s), sr))
+            styled = render_style(audio, sr, s)
+            embeddings[s].append(pred.embed(styled, sr))
+            levels[s].append(fast_lufs(styled, sr))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for s in styles:
@@ -125,7 +130,10 @@ def build(model: str | None, clips: str | None, out_dir: Path, max_clips: int, m
                   "clips": used, "clip_source": clips or "speech corpus, validation split",
                   "built_by": "python scripts/make_speech_presets.py"}
         data = make_style_preset(s, desc, embeddings[s], pred.model_id, pred.sample_rate,
-                                 extra={"model": str(pred.path.name if pred.path else ""), "recipe": recipe})
+                                 extra={"model": str(pred.path.name if pred.path else ""), "recipe": recipe,
+                                        # the loudness the preset matches (energy mean of the examples')
+                                        "level_lufs": round(10 * math.log10(np.mean(
+                                            [10 ** (v / 10) for v in levels[s] if math.isfinite(v)])), 3)})
         path = out_dir / f"{s}.json"
         path.write_text(json.dumps(data, indent=1) + "\n")
         written.append(path)

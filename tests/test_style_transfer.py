@@ -91,6 +91,10 @@ def test_style_transfer_cli_model_end_to_end(model_path, tmp_path, capsys):
     assert main(["render", str(inp), "--preset", str(trc), "-o", str(again)]) == 0
     z, _ = sf.read(str(again), always_2d=True)
     assert np.max(np.abs(z - y)) < 1e-4
+    # the output's loudness is the reference's (the chain's final gain is set by measurement)
+    from afxcli.metrics import lufs
+    r, rsr = sf.read(str(ref), always_2d=True)
+    assert lufs(y.T, sr) == pytest.approx(lufs(r.T, rsr), abs=0.05)
 
 
 def test_style_transfer_rule_based_and_parameter_preset(tmp_path, capsys):
@@ -140,9 +144,16 @@ def test_adaptive_preset_round_trip(model_path, tmp_path, capsys):
     expected = Chain.flatten(chain.labels, pred.values(pred.predict_normalized(pred.embed(inp_audio, sr),
                                                                                 sp.embedding), chain))
     got = json.loads(trc.read_text())["params"]
-    for k, v in expected.items():
+    for k, v in expected.items():   # a preset without a stored level keeps the model's own gain
         g = got[k][0] if isinstance(got[k], list) else got[k]
         assert g == pytest.approx(v, rel=1e-6, abs=1e-6)
+    # with a stored level the output is brought to that loudness
+    from afxcli.metrics import lufs
+    p.write_text(json.dumps({**data, "level_lufs": -30.0}))
+    assert main(["style-transfer", str(inp), "--preset", str(p), "--model", str(model_path), "-o",
+                 str(tmp_path / "x_lvl.wav")]) == 0
+    y, _ = sf.read(str(tmp_path / "x_lvl.wav"), always_2d=True)
+    assert lufs(y.T, sr) == pytest.approx(-30.0, abs=0.05)
 
 
 def test_master_with_model_and_refine(model_path, tmp_path, capsys):
