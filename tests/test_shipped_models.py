@@ -1,0 +1,67 @@
+"""The shipped style models and speech presets: present, small, described by their cards, usable."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from afxcli.effects.chain import Chain
+from afxcli.tasks.style import StylePredictor, load_style_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+
+
+@pytest.mark.parametrize("domain,rate", [("music", 44100), ("speech", 16000)])
+def test_shipped_model_matches_its_card_and_predicts_in_range(domain, rate):
+    weights, card_path = MODELS / f"style_{domain}.pt", MODELS / f"style_{domain}.json"
+    assert weights.is_file() and card_path.is_file()
+    card = json.loads(card_path.read_text())
+    assert weights.stat().st_size < 20e6 and card["bytes"] == weights.stat().st_size
+    assert card["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    for key in ("data", "training", "evaluation"):
+        assert card[key]
+    assert "train_style.py" in card["training"]["command"] and card["evaluation"]["figures"]
+    pred = StylePredictor.load(weights)
+    rng = np.random.default_rng(0)
+    x = (0.1 * rng.standard_normal((2, 3 * rate))).astype(np.float32)
+    ref = (0.3 * rng.standard_normal((1, 2 * rate))).astype(np.float32)
+    chain = Chain(pred.chain_spec, rate)
+    values = pred.predict(x, rate, ref, rate)
+    for fx, v in zip(chain.effects, values):
+        for name, val in v.items():
+            spec = fx.spec(name)
+            assert np.isfinite(val) and spec.min - 1e-9 <= val <= spec.max + 1e-9
+
+
+@pytest.mark.parametrize("name", ["telephone", "warm", "bright", "neutral", "broadcast"])
+def test_shipped_speech_presets_fit_the_speech_model(name):
+    preset = load_style_preset(ROOT / "presets" / "speech" / f"{name}.json")
+    pred = StylePredictor.load(MODELS / "style_speech.pt")
+    assert preset.embedding.size == pred.embed_dim and preset.model_id == pred.model_id
+    assert preset.level_lufs is not None and -60 < preset.level_lufs < 0
+
+
+def test_speech_presets_order_as_designed():
+    """On a speech-like test signal the presets keep their designed order: telephone cuts the highs
+    most, bright least of telephone/warm/bright; broadcast compresses hardest."""
+    from afxcli.train.data import music_like
+
+    pred = StylePredictor.load(MODELS / "style_speech.pt")
+    sr = 16000
+    rng = np.random.default_rng(3)
+    x = music_like(rng, sr, 6 * sr, 1).astype(np.float32)
+    x *= (0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * np.arange(x.shape[-1]) / sr)) ** 2  # syllable-rate envelope
+    chain = Chain(pred.chain_spec, sr)
+    e = pred.embed(x, sr)
+    got = {}
+    for name in ("telephone", "warm", "bright", "neutral", "broadcast"):
+        preset = load_style_preset(ROOT / "presets" / "speech" / f"{name}.json")
+        got[name] = Chain.flatten(chain.labels, pred.values(pred.predict_normalized(e, preset.embedding), chain))
+    hs = {n: v["eq.high_shelf_gain_db"] for n, v in got.items()}
+    assert hs["telephone"] < hs["warm"] < hs["bright"], hs
+    thr = {n: v["comp.threshold_db"] for n, v in got.items()}
+    assert thr["broadcast"] == min(thr.values()), thr
