@@ -218,7 +218,8 @@ def test_master_time_varying_writes_automation_that_renders_back(model_path, tmp
     assert moving and all(not k.startswith(("loudness.", "ceiling.")) for k in moving)
     # the automation trace renders back to the same master (per-block updates through pedalboard)
     again = tmp_path / "tv_again.wav"
-    assert main(["render", str(inp), "--preset", str(trc), "-o", str(again)]) == 0
+    assert tr["hop"] == 2048 and "--block-size 2048" in tr["description"]
+    assert main(["render", str(inp), "--preset", str(trc), "-o", str(again), "--block-size", "2048"]) == 0
     a, _ = sf.read(str(out), always_2d=True)
     b, _ = sf.read(str(again), always_2d=True)
     assert a.shape == b.shape == (4 * sr, 2) and np.max(np.abs(a - b)) < 1e-5
