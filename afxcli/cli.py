@@ -450,8 +450,10 @@ def master(
     method: str = typer.Option("auto", "--method", help="auto | model | rule-based."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Style model checkpoint (default: shipped music model)."),
     refine_steps: int = typer.Option(0, "--refine", help="Gradient steps refining the chain against the reference."),
-    time_varying: bool = typer.Option(False, "--time-varying",
-                                      help="Frame-wise model predictions smoothed into automation (DeepAFx)."),
+    time_varying: Optional[bool] = typer.Option(
+        None, "--time-varying/--static",
+        help="Model method: frame-wise predictions smoothed into automation (DeepAFx), the default "
+             "unless --refine is given; --static: one setting for the whole file."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of the spectra (a folder for many inputs)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the JSON report (a folder for many inputs)."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the parameter trace (a folder for many inputs)."),

@@ -8,8 +8,9 @@ seconds (speed); the default uses whole files.
 
 Methods, each writing a mastered file per pair: ``input`` (the mix itself, for scale), ``afx_rule_based``
 (``afx master --method rule-based``, DeepAFx-ST §3.3 baseline + afx's loudness stage and true-peak
-limiter), ``afx_model`` (``--model PATH``), ``afx_model_tv`` (``--model PATH --time-varying``: the
-model's frame-wise predictions smoothed into automation), ``matchering`` (the ``matchering`` package, run in a
+limiter), ``afx_model`` (``--model PATH --static``), ``afx_model_tv`` (``--model PATH
+--time-varying``, the default of ``afx master`` for the model: frame-wise predictions smoothed
+into automation), ``matchering`` (the ``matchering`` package, run in a
 subprocess of a separate venv, ``--matchering-python``, default ``/tmp/bench-venv/bin/python``; set
 it up with ``python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install matchering``).
 
@@ -195,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default=None, help="style model: adds afx_model (checkpoint path or 'music')")
     p.add_argument("--no-rule-based", action="store_true", help="with --model: skip afx_rule_based")
     p.add_argument("--time-varying", action="store_true",
-                   help="with --model: also afx_model_tv (afx master --time-varying: frame-wise automation)")
+                   help="with --model: also afx_model_tv (frame-wise automation, afx master's default for "
+                        "the model); afx_model is then --static")
     p.add_argument("--ceiling", type=float, default=-1.0, help="afx's true-peak ceiling, dBTP")
     p.add_argument("--max-seconds", type=float, default=None, help="crop mixes and references to their start")
     p.add_argument("--matchering-python", default=DEFAULT_MATCHERING_PYTHON)
@@ -208,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (args.model and args.no_rule_based):
         methods["afx_rule_based"] = {"method": "rule-based"}
     if args.model:
-        methods["afx_model"] = {"method": "model", "model": args.model}
+        methods["afx_model"] = {"method": "model", "model": args.model, "time_varying": False}
         if args.time_varying:
             methods["afx_model_tv"] = {"method": "model", "model": args.model, "time_varying": True}
     mpy = args.matchering_python if matchering_available(args.matchering_python) else None

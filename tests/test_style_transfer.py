@@ -223,6 +223,12 @@ def test_master_time_varying_writes_automation_that_renders_back(model_path, tmp
     a, _ = sf.read(str(out), always_2d=True)
     b, _ = sf.read(str(again), always_2d=True)
     assert a.shape == b.shape == (4 * sr, 2) and np.max(np.abs(a - b)) < 1e-5
+    # time-varying is the model's default (unless --refine); --static gives one setting
+    for extra, want in (([], True), (["--static"], False), (["--refine", "1"], False)):
+        rep2 = tmp_path / f"d{len(extra)}.json"
+        assert main(["master", str(inp), "--ref", str(ref), "--model", str(model_path), "-o",
+                     str(tmp_path / f"d{len(extra)}{want}.wav"), "--report", str(rep2), *extra]) == 0
+        assert json.loads(rep2.read_text())["chain"]["time_varying"] is want
     # only with the model, and not together with --refine
     for extra in (["--method", "rule-based"], ["--refine", "2"]):
         capsys.readouterr()

@@ -86,7 +86,7 @@ class MasterContext(ReferenceEmbedding):
 
     def __init__(self, ref: Path | None = None, preset: str | None = None, lufs: float | None = None,
                  ceiling: float | None = None, method: str = "auto", model: str | Path | None = None,
-                 refine_steps: int = 0, time_varying: bool = False) -> None:
+                 refine_steps: int = 0, time_varying: bool | None = None) -> None:
         from ..audio import read_audio
         from .style import (DEFAULT_MODELS, StylePredictor, is_style_preset, load_style_preset,
                             resolve_model_path, resolve_preset_path)
@@ -144,6 +144,8 @@ class MasterContext(ReferenceEmbedding):
         if self.param_preset is not None:
             method = "preset"
         self.method = method
+        if time_varying is None:  # measured better on every master_eval distance: the model's default
+            time_varying = method == "model" and not refine_steps
         self.time_varying = bool(time_varying)
         if self.time_varying and method != "model":
             raise AfxError("--time-varying needs the model method (frame-wise predictions)")
