@@ -29,6 +29,8 @@ Windowed analysis of long files averages the per-window embeddings
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -87,7 +89,7 @@ class StatsEncoder(nn.Module):
                            f"got shape {tuple(features.shape)}")
         s = features[:, 0].float()                                       # (b, bins, frames)
         b, _, t = s.shape
-        ltas = _db_sum(s, dim=2) - torch.log10(torch.tensor(float(t)))  * 10.0   # (b, bins) mean power in dB
+        ltas = _db_sum(s, dim=2) - 10.0 * math.log10(t)                # (b, bins) mean power in dB
         total = _db_sum(ltas, dim=1)                                     # (b,)
         level = _db_sum(s, dim=1)                                        # (b, frames)
         peak = level.max(dim=1).values                                   # (b,)
