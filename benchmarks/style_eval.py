@@ -13,7 +13,7 @@ rendered at 44.1 kHz (or 16 kHz) with pedalboard, exactly as ``afx style-transfe
 Methods: ``input`` (the unprocessed input), ``rule-based`` (DeepAFx-ST §3.3 baseline,
 :func:`afxcli.tasks.rulebased.rule_based`), ``model`` (``--model PATH``, or ``--music-model`` /
 ``--speech-model`` per domain: the predicted chain with its final gain set to match the reference's
-integrated loudness, as ``afx style-transfer`` renders it, :meth:`~afxcli.tasks.style.StylePredictor.match_level`)
+integrated loudness, as ``afx style-transfer`` renders it, :func:`~afxcli.tasks.style.match_output_loudness`)
 and ``model_own_gain`` (the same chain with the network's own output gain). Metrics to the target (DeepAFx-ST §4.1, :mod:`afxcli.metrics`):
 MR-STFT error, mel spectral distance (MSD, dB), spectral-centroid error (Hz), RMS error (dB), LUFS
 error (LU); means over the pairs. Printed as ``style_<domain>_<method>_<metric>: value unit`` plus
@@ -87,10 +87,11 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
         rows["rule-based"].append(pair_metrics(rb, target, sample_rate))
         if predictor is not None:
             from afxcli.tasks.loudness import fast_lufs
+            from afxcli.tasks.style import match_output_loudness
 
             values = predictor.predict(x, sample_rate, ref, sample_rate)
             rows["model_own_gain"].append(pair_metrics(render_chain(chain, x, values), target, sample_rate))
-            _, y, _ = predictor.match_level(chain, x, values, fast_lufs(ref, sample_rate))   # what afx style-transfer does
+            _, y, _ = match_output_loudness(chain, x, values, fast_lufs(ref, sample_rate))   # what afx style-transfer does
             rows["model"].append(pair_metrics(y, target, sample_rate))
         if progress:
             print(f"  pair {k + 1}/{n} ({item['name']}): input mrstft {rows['input'][-1]['mrstft']:.3f}, "

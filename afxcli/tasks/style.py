@@ -199,38 +199,6 @@ class StylePredictor:
             out.append({n: float(fx.spec(n).clip(v[n])) for n in fx.param_names})
         return out
 
-    def match_level(self, chain, audio: np.ndarray, values: list[dict[str, float]],
-                    target_lufs: float) -> tuple[list[dict[str, float]], np.ndarray, str | None]:
-        """Render ``audio`` ``(channels, samples)`` through ``chain`` (at the file's rate) with the
-        chain's **final gain** set so the output's integrated loudness (BS.1770) is ``target_lufs``
-        (the reference's):
-        ``(values used, output, note or None)``. The level is measured, not predicted: a pure gain
-        after the chain does not change any other effect's action, and matching a level exactly is
-        what the rule-based baseline (DeepAFx-ST §3.3) does too. The values returned render to the
-        same output with :func:`afxcli.render.render_chain` (the gain is part of the chain)."""
-        from ..render import render_chain, render_effect
-        from .loudness import fast_lufs
-
-        idx = max((i for i, e in enumerate(chain.spec["effects"]) if e["type"] == "gain"), default=None)
-        if idx is None or idx != len(chain.effects) - 1:
-            return values, render_chain(chain, audio, values), "no final gain in the chain: level not matched"
-        v = [dict(e) for e in values]
-        v[idx]["gain_db"] = 0.0
-        pre = render_chain(chain, audio, v)
-        level = fast_lufs(pre, chain.sample_rate)
-        note = None
-        if not (math.isfinite(level) and math.isfinite(target_lufs)):
-            v[idx]["gain_db"] = float(values[idx]["gain_db"])
-            note = "output or reference silent or under 0.4 s: the model's own output gain is used"
-        else:
-            spec = chain.effects[idx].spec("gain_db")
-            want = float(target_lufs) - level
-            v[idx]["gain_db"] = float(spec.clip(want))
-            if abs(v[idx]["gain_db"] - want) > 1e-6:
-                note = f"level match needs {want:+.1f} dB, the gain is limited to {v[idx]['gain_db']:+.1f} dB"
-        y = render_effect(chain.effects[idx], pre, v[idx])
-        return v, y, note
-
     def predict(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
                 ref_sr: float | None = None, ref_embedding: np.ndarray | None = None) -> list[dict[str, float]]:
         """Per-effect physical values of the model's chain at ``input_sr`` (reference audio or a
@@ -243,6 +211,36 @@ class StylePredictor:
             ref_embedding = self.embed(ref_audio, ref_sr)
         q = self.predict_normalized(self.embed(input_audio, input_sr), ref_embedding)
         return self.values(q, Chain(self.chain_spec, input_sr))
+
+
+def match_output_loudness(chain, audio: np.ndarray, values: list[dict[str, float]],
+                          target_lufs: float) -> tuple[list[dict[str, float]], np.ndarray, str | None]:
+    """Render ``audio`` ``(channels, samples)`` through ``chain`` (at the file's rate) with the chain's
+    **final gain** set so the output's integrated loudness (BS.1770) is ``target_lufs`` (the
+    reference's): ``(values used, output, note or None)``. The level is measured, not predicted: a
+    pure gain after the chain does not change any other effect's action, and matching a level
+    exactly is what the rule-based baseline (DeepAFx-ST §3.3) does too. The values returned render to
+    the same output with :func:`afxcli.render.render_chain` (the gain is part of the chain)."""
+    from ..render import render_chain, render_effect
+    from .loudness import fast_lufs
+
+    last = len(chain.effects) - 1
+    if chain.spec["effects"][last]["type"] != "gain":
+        return values, render_chain(chain, audio, values), "no final gain in the chain: level not matched"
+    v = [dict(e) for e in values]
+    v[last]["gain_db"] = 0.0
+    pre = render_chain(chain, audio, v)
+    level = fast_lufs(pre, chain.sample_rate)
+    note = None
+    if not (math.isfinite(level) and math.isfinite(target_lufs)):
+        v[last]["gain_db"] = float(values[last]["gain_db"])
+        note = "output or reference silent or under 0.4 s: the model's own output gain is used"
+    else:
+        want = float(target_lufs) - level
+        v[last]["gain_db"] = float(chain.effects[last].spec("gain_db").clip(want))
+        if abs(v[last]["gain_db"] - want) > 1e-6:
+            note = f"level match needs {want:+.1f} dB, the gain is limited to {v[last]['gain_db']:+.1f} dB"
+    return v, render_effect(chain.effects[last], pre, v[last]), note
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,12 +374,13 @@ class StyleContext(ReferenceEmbedding):
                     raise AfxError(f"{self.style_preset.path}: embedding of size {self.style_preset.embedding.size}, "
                                    f"the model's is {self.predictor.embed_dim} (made with another model)")
         self._ref_embedding: np.ndarray | None = None
+        # the loudness a model's output is matched to: the reference's, else the preset's stored level
         self.ref_level_lufs: float | None = None
-        if self.ref_audio is not None:
+        if self.predictor is not None and self.ref_audio is not None:
             from .loudness import fast_lufs
 
             self.ref_level_lufs = fast_lufs(self.ref_audio, self.ref_sr)
-        elif self.style_preset is not None:
+        elif self.predictor is not None and self.style_preset is not None:
             self.ref_level_lufs = self.style_preset.level_lufs
         self._lock = threading.Lock()
 
@@ -443,7 +442,7 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
         e_in = pred.embed(audio, sr)
         values = pred.values(pred.predict_normalized(e_in, ctx.reference_embedding()), chain)
         if ctx.ref_level_lufs is not None:  # output loudness = the reference's (or the preset's)
-            values, y, level_note = pred.match_level(chain, audio, values, ctx.ref_level_lufs)
+            values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs)
             if level_note:
                 notes.append(level_note)
         else:
