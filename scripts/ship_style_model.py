@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Ship a trained style model: ``models/style_<domain>.pt`` (weights for inference) and its model
+"""Ship a trained style model: ``models/style_<domain>.pt`` (weights for inference), its NumPy export
+``models/style_<domain>.npz`` (torch-free inference, :mod:`afxcli.nn.numpy_infer`) and its model
 card ``models/style_<domain>.json``, with figures measured on held-out audio.
 
 The shipped file is the run's best checkpoint (lowest validation loss) without the optimizer and
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     weights = out_dir / f"style_{args.domain}.pt"
     torch_save_atomic(ship, weights)
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    from afxcli.nn.numpy_infer import export_npz
+
+    npz = export_npz(weights)  # torch-free inference weights, tied to this .pt by its SHA-256
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import style_eval  # noqa: E402
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     card_path = out_dir / f"style_{args.domain}.json"
     write_json_atomic(card_path, card)
-    print(f"shipped {weights} ({weights.stat().st_size / 1e6:.2f} MB, step {ship['step']}) and {card_path}",
+    print(f"shipped {weights} ({weights.stat().st_size / 1e6:.2f} MB, step {ship['step']}), {npz} and {card_path}",
           file=sys.stderr)
     print("\n".join(lines))
     return 0

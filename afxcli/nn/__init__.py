@@ -6,14 +6,32 @@ audio ``(batch, channels, samples)`` at the model rate
   → controller (:mod:`.controller`: style / blind heads) → ``q (batch, P)`` in (0, 1)
     or frame-wise head (:mod:`.framewise`) → ``q (batch, P, frames)`` in (0, 1)
   → ``Chain.denormalize(q)`` → physical parameters.
-"""
-from .controller import BlindModel, ParamHead, StyleController, StyleModel
-from .encoders import ENCODERS, Analyzer, Encoder, MobileNetEncoder, TFEncoder, make_analyzer, make_encoder
-from .framewise import FrameWiseHead, FrameWiseModel, frames_to_blocks
-from .frontends import CQT, FRONTENDS, FrontEnd, LogMel, PowerSTFT, make_frontend
 
-__all__ = [
-    "Analyzer", "BlindModel", "Encoder", "CQT", "ENCODERS", "FRONTENDS", "FrameWiseHead", "FrameWiseModel",
-    "FrontEnd", "LogMel", "MobileNetEncoder", "ParamHead", "PowerSTFT", "StyleController",
-    "StyleModel", "TFEncoder", "frames_to_blocks", "make_analyzer", "make_encoder", "make_frontend",
-]
+The names below are imported on first use (PEP 562), so that :mod:`.numpy_infer` (the torch-free
+inference of the shipped style models) can be imported without torch.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "BlindModel": "controller", "ParamHead": "controller", "StyleController": "controller",
+    "StyleModel": "controller",
+    "ENCODERS": "encoders", "Analyzer": "encoders", "Encoder": "encoders", "MobileNetEncoder": "encoders",
+    "TFEncoder": "encoders", "make_analyzer": "encoders", "make_encoder": "encoders",
+    "FrameWiseHead": "framewise", "FrameWiseModel": "framewise", "frames_to_blocks": "framewise",
+    "CQT": "frontends", "FRONTENDS": "frontends", "FrontEnd": "frontends", "LogMel": "frontends",
+    "PowerSTFT": "frontends", "make_frontend": "frontends",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -227,8 +227,7 @@ def model_automation(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray
     e, _ = pred.embed_frames(audio, sr, AUTOMATION_HOP_SECONDS)
     q = pred.predict_normalized(e, ref_embedding)                       # (frames, n_free)
     chain = Chain({"effects": model_effects}, sr)
-    per_frame = [Chain.flatten(chain.labels, pred.values(q[j], chain)) for j in range(q.shape[0])]
-    params = {k: np.array([f[k] for f in per_frame]) for k in per_frame[0]}
+    params = pred.values_frames(q, chain)                               # {key: (frames,)}
     hop = int(round(AUTOMATION_HOP_SECONDS * sr))
     tr = ParameterTrace(chain.spec, sr, hop, params, int(audio.shape[1]), units_of(chain))
     specs = trace_specs(chain)

@@ -16,7 +16,6 @@ and the id of the model that made it, used in place of a reference embedding.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from ..errors import AfxError
 from .reference import ReferenceEmbedding
@@ -45,7 +43,7 @@ MAX_WINDOWS = 12
 # ------------------------------------------------------------------------------------------------
 # model
 # ------------------------------------------------------------------------------------------------
-def save_style_checkpoint(path: str | Path, model: torch.nn.Module, chain_spec: dict, config: dict) -> Path:
+def save_style_checkpoint(path: str | Path, model, chain_spec: dict, config: dict) -> Path:
     """Write ``model`` as a ``style``-task checkpoint readable by :meth:`StylePredictor.load`."""
     from ..train.checkpoint import save_checkpoint
 
@@ -65,43 +63,60 @@ def resolve_model_path(model: str | Path | None, kind: str = "music") -> Path:
     return p
 
 
-def _file_id(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 class StylePredictor:
-    """A loaded style model with its chain: embeddings and per-effect values for whole files."""
+    """A loaded style model with its chain: embeddings and per-effect values for whole files.
 
-    def __init__(self, model: torch.nn.Module, chain_spec: dict, config: dict, model_id: str = "",
-                 path: Path | None = None) -> None:
-        from ..effects.chain import Chain
+    Two interchangeable backends: the torch model (``model``), or its NumPy forward pass
+    (``numpy_model``, :class:`afxcli.nn.numpy_infer.NumpyStyleModel`, equal to the torch model up
+    to float32 round-off) which :meth:`load` uses when a matching ``.npz`` lies next to the ``.pt``:
+    then inference imports no torch (``model`` still loads the torch model on first access)."""
 
+    def __init__(self, model, chain_spec: dict, config: dict, model_id: str = "",
+                 path: Path | None = None, numpy_model=None) -> None:
         if chain_spec is None:
             raise AfxError("style model checkpoint has no chain spec")
-        self.model = model.eval()
+        if model is None and numpy_model is None:
+            raise AfxError("internal: a style predictor needs a torch or a numpy model")
+        self._model = model.eval() if model is not None else None
+        self.numpy_model = numpy_model
         self.chain_spec = chain_spec
         self.config = config or {}
         self.model_id = model_id
         self.path = path
-        self.model_chain = Chain(chain_spec, self.sample_rate)
-        if self.model_chain.n_free != int(model.n_params):
-            raise AfxError(f"style model predicts {model.n_params} parameters, its chain has "
-                           f"{self.model_chain.n_free} free ones")
+        self._model_chain = None
         clip = (self.config.get("data") or {}).get("clip_samples")
         # the model was trained on half-crops (input and reference halves, DeepAFx-ST §2.1)
         self.window_samples = int(clip) // 2 if clip else int(DEFAULT_WINDOW_SECONDS * self.sample_rate)
         self._lock = threading.Lock()
+        if model is not None:
+            self.model_chain  # noqa: B018 - checks the chain against the model now
 
     @classmethod
-    def load(cls, path: str | Path) -> "StylePredictor":
+    def load(cls, path: str | Path, backend: str = "auto") -> "StylePredictor":
+        """Load a style model. ``backend``: ``auto`` (the NumPy forward pass when the ``.npz`` next
+        to ``path`` was exported from exactly this file, by SHA-256; else torch), ``numpy`` (that
+        npz or a one-line error) or ``torch``."""
+        from ..nn.numpy_infer import load_npz, npz_path_for, sha256_of
+
+        if backend not in ("auto", "numpy", "torch"):
+            raise AfxError(f"style model backend must be auto, numpy or torch, not {backend!r}")
+        p = Path(path)
+        if backend != "torch" and p.is_file():
+            sha = sha256_of(p)
+            nm = load_npz(npz_path_for(p), pt_sha256=sha)
+            if nm is not None and str((nm.config or {}).get("task", "style")) == "style":
+                return cls(None, nm.chain_spec, nm.config, sha[:16], p, numpy_model=nm)
+        if backend == "numpy":
+            raise AfxError(f"{npz_path_for(p)}: no numpy export of {p} (or it was exported from another "
+                           "file); run scripts/export_style_npz.py")
+        model, spec, config = cls._load_torch(p)
+        return cls(model, spec, config, sha256_of(p)[:16] if p.is_file() else "", p)
+
+    @staticmethod
+    def _load_torch(p: Path):
         from ..train.checkpoint import load_checkpoint, load_for_inference
         from ..train.tasks import TASKS
 
-        p = Path(path)
         data = load_checkpoint(p)
         task = str(data.get("task"))
         if task != "style" or task not in TASKS:
@@ -109,15 +124,50 @@ class StylePredictor:
         model, spec, config = load_for_inference(p)
         if not hasattr(model, "analyzer") or not hasattr(model, "controller"):
             raise AfxError(f"{p}: not a style model (no analyzer/controller)")
-        return cls(model, spec, config, _file_id(p), p)
+        return model, spec, config
+
+    @property
+    def model(self):
+        """The torch model (loaded on first access when the NumPy backend serves inference)."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load_torch(self.path)[0].eval()
+        return self._model
+
+    @property
+    def backend(self) -> str:
+        return "numpy" if self.numpy_model is not None else "torch"
+
+    @property
+    def model_chain(self):
+        """The model's chain at the model rate (built on first use; checked against the model)."""
+        if self._model_chain is None:
+            from ..effects.chain import Chain
+
+            chain = Chain(self.chain_spec, self.sample_rate)
+            n_params = self.numpy_model.n_params if self.numpy_model is not None else int(self._model.n_params)
+            if chain.n_free != n_params:
+                raise AfxError(f"style model predicts {n_params} parameters, its chain has "
+                               f"{chain.n_free} free ones")
+            self._model_chain = chain
+        return self._model_chain
 
     @property
     def sample_rate(self) -> float:
-        return float(self.model.sample_rate)
+        if self.numpy_model is not None:
+            return float(self.numpy_model.sample_rate)
+        return float(self._model.sample_rate)
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.analyzer.embed_dim)
+        if self.numpy_model is not None:
+            return int(self.numpy_model.embed_dim)
+        return int(self._model.analyzer.embed_dim)
+
+    def _mono_analysis(self) -> bool:
+        return self.numpy_model is not None or \
+            getattr(self._model.analyzer.frontend, "channels", "keep") == "mono"
 
     def embed(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
         """Style embedding ``(embed_dim,)`` of a whole recording ``(channels, samples)``: resampled
@@ -126,7 +176,7 @@ class StylePredictor:
         from ..audio import resample
 
         a = np.asarray(audio, dtype=np.float32)
-        if getattr(self.model.analyzer.frontend, "channels", "keep") == "mono" and a.shape[0] > 1:
+        if self._mono_analysis() and a.shape[0] > 1:
             a = a.mean(axis=0, keepdims=True)  # the front end mixes to mono anyway (linear: same result)
         w = self.window_samples
         ratio = self.sample_rate / float(sample_rate)
@@ -137,9 +187,13 @@ class StylePredictor:
             starts = np.linspace(0, a.shape[-1] - w_in, MAX_WINDOWS).astype(int)
             a = np.concatenate([a[:, s:s + w_in] for s in starts], axis=-1)
         x = resample(a, sample_rate, self.sample_rate)
+        if self.numpy_model is not None:
+            return self.numpy_model.embed_windows(x[0], self.window_samples)
+        import torch
+
         with self._lock, torch.no_grad():  # one analysis at a time keeps torch's threads for it
-            e = self.model.analyzer.embed_windows(torch.from_numpy(np.ascontiguousarray(x))[None],
-                                                  self.window_samples)
+            e = self._model.analyzer.embed_windows(torch.from_numpy(np.ascontiguousarray(x))[None],
+                                                   self.window_samples)
         return e[0].numpy().astype(np.float64)
 
     def embed_frames(self, audio: np.ndarray, sample_rate: float, hop_seconds: float,
@@ -149,7 +203,8 @@ class StylePredictor:
         file (zero-padded only when the file is shorter than a window). Returns
         ``(embeddings (n_frames, embed_dim), centers_s (n_frames,))`` with ``n_frames =
         ceil(duration / hop_seconds)``, frame ``j`` centered at ``(j + 0.5) · hop_seconds``
-        (the :class:`~afxcli.trace.ParameterTrace` convention)."""
+        (the :class:`~afxcli.trace.ParameterTrace` convention). The NumPy backend transforms the
+        frames that overlapping windows share once (:mod:`afxcli.nn.numpy_infer`)."""
         from ..audio import resample
 
         if not hop_seconds > 0:
@@ -165,12 +220,16 @@ class StylePredictor:
         n_frames = max(1, int(math.ceil(duration / hop_seconds - 1e-9)))
         centers = (np.arange(n_frames) + 0.5) * hop_seconds
         starts = np.clip(np.round(centers * self.sample_rate).astype(np.int64) - w // 2, 0, max(0, x.shape[-1] - w))
+        if self.numpy_model is not None:
+            return self.numpy_model.window_embeddings(x[0], starts, w), centers
+        import torch
+
         xt = torch.from_numpy(np.ascontiguousarray(x))
         out = []
         with self._lock, torch.no_grad():
             for i in range(0, n_frames, max_batch):
                 batch = torch.stack([xt[:, s:s + w] for s in starts[i:i + max_batch]])
-                out.append(self.model.analyzer(batch))
+                out.append(self._model.analyzer(batch))
         return torch.cat(out).numpy().astype(np.float64), centers
 
     def predict_normalized(self, e_input: np.ndarray, e_reference: np.ndarray) -> np.ndarray:
@@ -178,19 +237,47 @@ class StylePredictor:
         ``e_input`` may also be frame-wise ``(n_frames, embed_dim)`` (:meth:`embed_frames`): then
         ``(n_frames, n_free)``, every frame against the same reference."""
         frames = np.ndim(e_input) == 2
-        e_i = torch.as_tensor(np.asarray(e_input), dtype=torch.float32)
+        e_i = np.asarray(e_input, dtype=np.float64)
         e_i = e_i if frames else e_i[None]
-        e_r = torch.as_tensor(np.asarray(e_reference), dtype=torch.float32)[None]
+        e_r = np.asarray(e_reference, dtype=np.float64)[None]
         if e_i.shape[1:] != e_r.shape[1:]:
             raise AfxError(f"style embeddings differ in size ({e_i.shape[1]} vs {e_r.shape[1]}); "
                            "was the preset made with another model?")
-        with torch.no_grad():
-            q = self.model.controller(e_i, e_r.expand(e_i.shape[0], -1)).numpy().astype(np.float64)
+        if self.numpy_model is not None:
+            q = self.numpy_model.controller(e_i, np.repeat(e_r, e_i.shape[0], axis=0))
+        else:
+            import torch
+
+            with torch.no_grad():
+                ti, tr = torch.as_tensor(e_i, dtype=torch.float32), torch.as_tensor(e_r, dtype=torch.float32)
+                q = self._model.controller(ti, tr.expand(ti.shape[0], -1)).numpy().astype(np.float64)
         return q if frames else q[0]
+
+    def values_frames(self, q: np.ndarray, chain) -> dict[str, np.ndarray]:
+        """Normalized ``q`` ``(n_frames, n_free)`` → ``{"<label>.<param>": (n_frames,)}`` physical
+        values for ``chain`` (the model's chain at the file's rate) in chain order: each free
+        parameter denormalized with its spec at the model rate (BE-AFX eqs. 7-8), the others at
+        their fixed/default values, then clipped into ``chain``'s ranges."""
+        mc = self.model_chain
+        q = np.atleast_2d(np.asarray(q, dtype=np.float64))
+        if q.shape[1] != mc.n_free:
+            raise AfxError(f"expected {mc.n_free} normalized parameters, got {q.shape[1]}")
+        phys = [{n: np.full(q.shape[0], float(v[n])) for n in fx.param_names}
+                for fx, v in zip(mc.effects, mc.base_values())]
+        for j, f in enumerate(mc.free):
+            phys[f.effect_index][f.key.split(".", 1)[1]] = np.asarray(f.spec.denormalize(q[:, j]), dtype=np.float64)
+        return {f"{lab}.{n}": np.asarray(fx.spec(n).clip(p[n]), dtype=np.float64)
+                for lab, fx, p in zip(chain.labels, chain.effects, phys) for n in fx.param_names}
 
     def values(self, q: np.ndarray, chain) -> list[dict[str, float]]:
         """Normalized ``q`` → per-effect physical values for ``chain`` (the model's chain spec built
         at the file's rate): denormalized at the model rate, clipped into ``chain``'s ranges."""
+        if self.numpy_model is not None:
+            flat = self.values_frames(np.asarray(q)[None], chain)
+            return [{n: float(flat[f"{lab}.{n}"][0]) for n in fx.param_names}
+                    for lab, fx in zip(chain.labels, chain.effects)]
+        import torch
+
         with torch.no_grad():
             phys = self.model_chain.denormalize(torch.as_tensor(q, dtype=torch.float64)[None])
         out = []
