@@ -121,6 +121,29 @@ def test_resume_refuses_a_changed_config(tmp_path):
     assert res.step == 4
 
 
+def test_init_weights_starts_a_fresh_run_from_a_checkpoint(tmp_path):
+    """Fine-tuning: a fresh run with ``init_weights`` starts from that checkpoint's model weights
+    (its step-0 validation equals the source's final one); a model of another shape is refused."""
+    first = train(load_config(write_config(tmp_path, tiny_config(steps=8)), "toy"), tmp_path / "a", quiet=True)
+    src = load_checkpoint(tmp_path / "a" / "last.pt")
+    cfg = load_config(write_config(tmp_path, tiny_config(steps=2, init_weights=str(tmp_path / "a" / "last.pt")),
+                                   "ft.json"), "toy")
+    res = train(cfg, tmp_path / "b", quiet=True, stop_at_step=0)
+    from afxcli.train.tasks import get_task
+    fresh = get_task("toy")(load_config(write_config(tmp_path, tiny_config(steps=2), "plain.json"), "toy")).model
+    ft = load_checkpoint(tmp_path / "b" / "best.pt")["model_state"]
+    for k, v in src["model_state"].items():
+        assert torch.equal(ft[k], v), k
+    assert any(not torch.equal(fresh.state_dict()[k], v) for k, v in src["model_state"].items())
+    assert res.val_history[0]["val_loss"] == pytest.approx(first.val_history[-1]["val_loss"], rel=1e-6)
+    first_key = next(iter(src["model_state"]))
+    bad = {**src["model_state"], first_key: torch.zeros(src["model_state"][first_key].numel() + 1)}
+    torch.save({**src, "model_state": bad}, tmp_path / "bad.pt")
+    cfg_bad = load_config(write_config(tmp_path, tiny_config(init_weights=str(tmp_path / "bad.pt")), "bad.json"), "toy")
+    with pytest.raises(AfxError, match="init_weights does not fit this model"):
+        train(cfg_bad, tmp_path / "c", quiet=True)
+
+
 def test_early_stopping(tmp_path):
     # lr 0 with constant schedule: validation never improves -> stops after `patience` validations
     cfg = load_config(write_config(tmp_path, tiny_config(steps=50, lr=1e-12, val_every_steps=2, patience=2,

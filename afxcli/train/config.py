@@ -99,6 +99,8 @@ LOOP_FIELDS: dict[str, Field] = {
     "threads": Field(None, OPT_INT, optional(positive), "torch intra-op threads"),
     "max_seconds": Field(None, OPT_FLOAT, optional(positive), "stop (checkpointed, resumable) after this wall time"),
     "chain": Field(None, (dict, list, str, type(None)), doc="chain spec or path to one"),
+    "init_weights": Field(None, OPT_STR, doc="fine-tune: a checkpoint (a run's best.pt, a shipped model) "
+                          "whose model weights a fresh run starts from (same architecture)"),
     "data": Field({}, DICT),
     "task_options": Field({}, DICT),
 }

@@ -189,6 +189,24 @@ def _trim_log(path: Path, step: int) -> None:
     write_text_atomic(path, "".join(x + "\n" for x in kept))
 
 
+def load_initial_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load the model weights of checkpoint ``path`` into ``model`` (fine-tuning start); the
+    architecture must match exactly (one-line AfxError naming the first differing tensor)."""
+    ck = load_checkpoint(path)
+    state = ck.get("model_state")
+    if not isinstance(state, dict):
+        raise AfxError(f"{path}: the checkpoint holds no model weights")
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state or tuple(state[k].shape) != tuple(v.shape):
+            got = tuple(state[k].shape) if k in state else "missing"
+            raise AfxError(f"{path}: init_weights does not fit this model ({k}: {got}, model {tuple(v.shape)})")
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise AfxError(f"{path}: init_weights has tensors this model lacks ({extra[0]} …)")
+    model.load_state_dict(state)
+
+
 def train(config: dict, out_dir: str | Path, resume: bool = True, quiet: bool = False,
           progress: bool | None = None, stop_at_step: int | None = None,
           log: Callable[[str], None] | None = None) -> TrainResult:
@@ -255,6 +273,9 @@ def _train(config: dict, out: Path, resume: bool, quiet: bool, progress: bool | 
         for stale in (log_path, best_path, last_path):
             if stale.exists():
                 stale.unlink()
+        if config.get("init_weights"):
+            load_initial_weights(model, config["init_weights"])
+            say(f"starting from the weights of {config['init_weights']}")
 
     def payload(finished: bool, reason: str) -> dict:
         return {"task": config["task"], "config": config, "chain_spec": task.chain_spec,
