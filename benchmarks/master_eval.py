@@ -10,7 +10,9 @@ Methods, each writing a mastered file per pair: ``input`` (the mix itself, for s
 (``afx master --method rule-based``, DeepAFx-ST §3.3 baseline + afx's loudness stage and true-peak
 limiter), ``afx_model`` (``--model PATH --static``), ``afx_model_tv`` (``--model PATH
 --time-varying``, the default of ``afx master`` for the model: frame-wise predictions smoothed
-into automation), ``matchering`` (the ``matchering`` package, run in a
+into automation), ``afx_model_refine`` (``--static --refine N`` with ``--refine N``: the network's
+setting, then N gradient steps against the reference's features; its mean feature-distance gain
+as the refinement itself measures it is printed too), ``matchering`` (the ``matchering`` package, run in a
 subprocess of a separate venv, ``--matchering-python``, default ``/tmp/bench-venv/bin/python``; set
 it up with ``python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install matchering``).
 
@@ -115,12 +117,14 @@ def excerpt(path: Path, max_seconds: float | None, folder: Path, name: str) -> P
 
 
 def evaluate(pairs: Sequence[tuple[Path, Path]], methods: dict, ceiling: float, workdir: Path,
-             matchering_python: str | None = None, progress: bool = False) -> dict[str, list[dict]]:
+             matchering_python: str | None = None, progress: bool = False,
+             refine_reports: dict[str, list[dict]] | None = None) -> dict[str, list[dict]]:
     """Per method, per pair distances to the reference.
 
     ``methods``: name → ``afxcli.tasks.master.MasterContext`` keyword arguments other than ``ref``
     (e.g. ``{"afx_rule_based": {"method": "rule-based"}}``); ``input`` and (when
-    ``matchering_python``) ``matchering`` are added.
+    ``matchering_python``) ``matchering`` are added. ``refine_reports``: filled with each
+    method's per-pair refinement reports (the ``refine`` entry of the JSON report), when it refines.
     """
     from afxcli.audio import read_audio
     from afxcli.tasks.master import MasterContext, master_file
@@ -137,7 +141,9 @@ def evaluate(pairs: Sequence[tuple[Path, Path]], methods: dict, ceiling: float, 
         for name, kwargs in methods.items():
             ctx = MasterContext(ref=ref, ceiling=ceiling, **kwargs)
             out = workdir / f"{name}_{k}.wav"
-            master_file(Path(mix), out, ctx)
+            result = master_file(Path(mix), out, ctx)
+            if result.report.get("refine") and refine_reports is not None:
+                refine_reports.setdefault(name, []).append(result.report["refine"])
             outputs[name].append(out)
             y, y_sr = read_audio(out)
             rows[name].append(distances(recording_stats(y, y_sr), ref_stats[-1]))
@@ -173,6 +179,20 @@ def figure_lines(rows: dict[str, list[dict]], ceiling: float) -> list[str]:
     return lines
 
 
+def refine_lines(reports: dict[str, list[dict]]) -> list[str]:
+    """What the refinement gained by its own measure (feature distance of the pedalboard render of
+    the input excerpts to the reference's features, :mod:`afxcli.tasks.refine`): mean distance
+    before and of the setting used after (the refined one only where it lowered the distance)."""
+    lines = []
+    for name, reps in reports.items():
+        before = [r["feature_distance_before_db"] for r in reps]
+        after = [r["feature_distance_after_db"] if r["kept"] else r["feature_distance_before_db"] for r in reps]
+        lines += [f"master_{name}_feature_distance_before: {np.mean(before):.4f} dB",
+                  f"master_{name}_feature_distance_after: {np.mean(after):.4f} dB",
+                  f"master_{name}_refinement_kept: {sum(bool(r['kept']) for r in reps)} of {len(reps)} items"]
+    return lines
+
+
 def validation_pairs(n: int) -> list[tuple[Path, Path]]:
     """``n`` distinct (unmastered mix, mastered reference) pairs of the validation splits."""
     from afxcli import datasets
@@ -198,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--time-varying", action="store_true",
                    help="with --model: also afx_model_tv (frame-wise automation, afx master's default for "
                         "the model); afx_model is then --static")
+    p.add_argument("--refine", type=int, default=0,
+                   help="with --model: also afx_model_refine (--static --refine N)")
     p.add_argument("--ceiling", type=float, default=-1.0, help="afx's true-peak ceiling, dBTP")
     p.add_argument("--max-seconds", type=float, default=None, help="crop mixes and references to their start")
     p.add_argument("--matchering-python", default=DEFAULT_MATCHERING_PYTHON)
@@ -213,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         methods["afx_model"] = {"method": "model", "model": args.model, "time_varying": False}
         if args.time_varying:
             methods["afx_model_tv"] = {"method": "model", "model": args.model, "time_varying": True}
+        if args.refine:
+            methods["afx_model_refine"] = {"method": "model", "model": args.model, "time_varying": False,
+                                           "refine_steps": args.refine}
     mpy = args.matchering_python if matchering_available(args.matchering_python) else None
     if mpy is None:
         print(f"matchering: not importable with {args.matchering_python} "
@@ -228,8 +253,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                  for k, (m, r) in enumerate(originals)]
         print(f"{len(pairs)} pairs, methods: input, {', '.join(methods)}{', matchering' if mpy else ''}; "
               f"crop: {args.max_seconds or 'none'}", file=sys.stderr, flush=True)
-        rows = evaluate(pairs, methods, args.ceiling, work, mpy, progress=True)
-    print("\n".join(figure_lines(rows, args.ceiling)))
+        reports: dict[str, list[dict]] = {}
+        rows = evaluate(pairs, methods, args.ceiling, work, mpy, progress=True, refine_reports=reports)
+    print("\n".join(figure_lines(rows, args.ceiling) + refine_lines(reports)))
     if mpy is None:
         print("master_matchering: not measured (matchering not installed)")
 

@@ -85,6 +85,16 @@ def test_master_figure_lines_flag_items_over_the_ceiling(master_eval):
     assert "master_input_over_ceiling" not in text
 
 
+def test_master_refine_lines_use_the_refined_distance_only_where_kept(master_eval):
+    reps = {"afx_model_refine": [
+        {"feature_distance_before_db": 4.0, "feature_distance_after_db": 3.0, "gain_db": 1.0, "kept": True},
+        {"feature_distance_before_db": 2.0, "feature_distance_after_db": 2.5, "gain_db": -0.5, "kept": False}]}
+    text = "\n".join(master_eval.refine_lines(reps))
+    assert "master_afx_model_refine_feature_distance_before: 3.0000 dB" in text
+    assert "master_afx_model_refine_feature_distance_after: 2.5000 dB" in text  # (3.0 + 2.0) / 2
+    assert "master_afx_model_refine_refinement_kept: 1 of 2 items" in text
+
+
 def test_master_speed_measures_the_child_not_the_parent(master_speed):
     import torch  # noqa: F401  (this process is large; the child must not inherit its peak RSS)
 
