@@ -14,6 +14,11 @@ compensated so the output has the input's exact length and alignment:
 
 Effects are rendered one after the other over the whole signal (effects are causal and in series,
 so this equals interleaving them block by block).
+
+An automation trace is validated once per parameter, vectorized (:func:`check_block_values`: the
+same completion, range check and clipping as ``Effect.check_values`` on every block), and the
+per-block settings are handed to pedalboard twins without validating them again
+(``PedalboardRenderer.set_checked_values``): the output is bit-identical to validating block by block.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .effects.base import Effect, make_renderer
+from .effects.base import Effect, PedalboardRenderer, make_renderer
 from .effects.chain import Chain
 from .errors import AfxError
 from .trace import ParameterTrace, trace_specs
@@ -31,20 +36,57 @@ from .trace import ParameterTrace, trace_specs
 DEFAULT_BLOCK_SIZE = 256
 
 
+def check_block_values(effect: Effect, arrays: Mapping[str, np.ndarray | float],
+                       n_blocks: int) -> dict[str, np.ndarray]:
+    """``Effect.check_values`` on every block at once: ``arrays`` maps parameter names to one value
+    or ``(n_blocks,)`` values; returns every parameter of ``effect`` as ``(n_blocks,)`` float64
+    (missing ones at their defaults), each checked finite and inside its range with
+    ``ParamSpec.validate``'s tolerance and clipped into it. The first offending block raises the
+    one-line error ``check_values`` would."""
+    unknown = set(arrays) - set(effect.param_names)
+    if unknown:
+        effect.check_values({k: 0.0 for k in unknown})  # raises the one-line error naming them
+    out = {}
+    for spec in effect.specs:
+        if spec.name not in arrays:
+            out[spec.name] = np.full(n_blocks, float(spec.default))
+            continue
+        a = np.broadcast_to(np.asarray(arrays[spec.name], dtype=np.float64), (n_blocks,))
+        lo = spec.min - 1e-9 * max(1.0, abs(spec.min))
+        hi = spec.max + 1e-9 * max(1.0, abs(spec.max))
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(a) | (a < lo) | (a > hi)
+        if np.any(bad):
+            spec.validate(float(a[int(np.argmax(bad))]), where=effect.kind)  # raises
+        out[spec.name] = np.minimum(np.maximum(a, spec.min), spec.max)
+    return out
+
+
+def checked_blocks(effect: Effect, arrays: Mapping[str, np.ndarray | float], n_blocks: int) -> list[dict[str, float]]:
+    """Per-block value dicts (Python floats, ``effect.param_names`` order) of :func:`check_block_values`."""
+    checked = check_block_values(effect, arrays, n_blocks)
+    names = effect.param_names
+    rows = np.stack([checked[n] for n in names], axis=1).tolist()
+    return [dict(zip(names, r)) for r in rows]
+
+
 def _stream(renderer, audio: np.ndarray, blocks: Sequence[Mapping[str, float]] | None,
-            block_size: int) -> np.ndarray:
+            block_size: int, checked: bool = False) -> np.ndarray:
     """Feed ``audio`` ``(channels, samples)`` through ``renderer`` in blocks, updating values per
-    block (``blocks[k]`` for block ``k``; ``None`` = one block), flush and align."""
+    block (``blocks[k]`` for block ``k``; ``None`` = one block), flush and align. ``checked``:
+    the blocks come from :func:`checked_blocks` (a pedalboard twin then skips validating them)."""
     n = audio.shape[-1]
     outs = []
     if blocks is None:
         outs.append(renderer.process(audio, reset=False))
     else:
+        setter = renderer.set_checked_values if checked and isinstance(renderer, PedalboardRenderer) \
+            else renderer.set_values
         for k, vals in enumerate(blocks):
             seg = audio[:, k * block_size:(k + 1) * block_size]
             if seg.shape[-1] == 0:
                 break
-            renderer.set_values(vals)
+            setter(vals)
             outs.append(renderer.process(seg, reset=False))
     lat = int(renderer.latency_samples)
     # Flush with zeros in chunks no longer than the longest block already fed: pedalboard
@@ -67,22 +109,23 @@ def _stream(renderer, audio: np.ndarray, blocks: Sequence[Mapping[str, float]] |
 
 def render_effect(effect: Effect, audio: np.ndarray, values: Mapping[str, float] | None = None,
                   blocks: Sequence[Mapping[str, float]] | None = None,
-                  block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+                  block_size: int = DEFAULT_BLOCK_SIZE, checked: bool = False) -> np.ndarray:
     """Render one effect on ``audio`` ``(channels, samples)`` float32 with static ``values`` or
-    per-block ``blocks`` (list of value dicts, one per ``block_size`` samples). Returns
-    ``(channels, samples)`` float32."""
+    per-block ``blocks`` (list of value dicts, one per ``block_size`` samples; ``checked``: already
+    complete and validated, as :func:`checked_blocks` gives). Returns ``(channels, samples)`` float32."""
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     first = effect.check_values(values if blocks is None else blocks[0])
     renderer = make_renderer(effect, first)
     if renderer is not None:
-        checked = None if blocks is None else [effect.check_values(b) for b in blocks]
-        return _stream(renderer, audio, checked, block_size)
+        if blocks is not None and not checked:
+            blocks = [effect.check_values(b) for b in blocks]
+        return _stream(renderer, audio, blocks, block_size, checked=blocks is not None)
     # exact torch form
     names = effect.param_names
     if blocks is None:
         p = torch.tensor([[first[nm] for nm in names]], dtype=torch.float64)
     else:
-        full = [effect.check_values(b) for b in blocks]
+        full = blocks if checked else [effect.check_values(b) for b in blocks]
         p = torch.tensor([[[b[nm] for b in full] for nm in names]], dtype=torch.float64)
     with torch.no_grad():
         y = effect(torch.from_numpy(audio).to(torch.float64).unsqueeze(0), p,
@@ -119,9 +162,9 @@ def render_chain(chain: Chain, audio: np.ndarray,
                         for n, k in zip(fx.param_names, keys)}
                 y = render_effect(fx, y, vals)
                 continue
-            blocks = [{n: (float(blk.params[k][b]) if k in blk.params else base[k])
-                       for n, k in zip(fx.param_names, keys)} for b in range(blk.n_frames)]
-            y = render_effect(fx, y, blocks=blocks, block_size=block_size)
+            arrays = {n: (blk.params[k] if k in blk.params else base[k]) for n, k in zip(fx.param_names, keys)}
+            y = render_effect(fx, y, blocks=checked_blocks(fx, arrays, blk.n_frames), block_size=block_size,
+                              checked=True)
         return y
     if len(values) != len(chain.effects):
         raise AfxError(f"expected values for {len(chain.effects)} effects, got {len(values)}")

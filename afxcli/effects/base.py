@@ -172,6 +172,12 @@ class Effect(torch.nn.Module):
         """Set new ``values`` on plugins made by :meth:`to_pedalboard`, keeping their state."""
         raise AfxError(f"effect {self.kind!r} cannot be automated through pedalboard")
 
+    def apply_pedalboard(self, plugins: list, checked: Mapping[str, float]) -> None:
+        """:meth:`update_pedalboard` for values that :meth:`check_values` already completed and
+        validated (the streaming renderer validates a whole automation trace at once). Effects whose
+        update validates override this with the update minus the validation."""
+        self.update_pedalboard(plugins, checked)
+
     # ----- description ------------------------------------------------------------------------
     def describe(self) -> dict:
         """JSON-able description: kind, options and parameter specs."""
@@ -224,10 +230,13 @@ class PedalboardRenderer(Renderer):
         self._latency: int | None = None
 
     def set_values(self, values: Mapping[str, float]) -> None:
-        new = self.effect.check_values(values)
-        if new != self.values:
-            self.effect.update_pedalboard(self.plugins, new)
-            self.values = new
+        self.set_checked_values(self.effect.check_values(values))
+
+    def set_checked_values(self, checked: dict[str, float]) -> None:
+        """:meth:`set_values` for values already completed and validated by ``check_values``."""
+        if checked != self.values:
+            self.effect.apply_pedalboard(self.plugins, checked)
+            self.values = checked
 
     def process(self, block: np.ndarray, reset: bool = False) -> np.ndarray:
         return self.board(np.ascontiguousarray(block, dtype=np.float32), self.effect.sample_rate, reset=reset)

@@ -188,7 +188,9 @@ class Compressor(_DynamicsBase):
                 pedalboard.Gain(gain_db=v["makeup_db"])]
 
     def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        v = self.check_values(values)
+        self.apply_pedalboard(plugins, self.check_values(values))
+
+    def apply_pedalboard(self, plugins: list, v: Mapping[str, float]) -> None:
         comp, gain = plugins
         comp.threshold_db = v["threshold_db"]
         comp.ratio = v["ratio"]
@@ -243,7 +245,9 @@ class NoiseGate(_DynamicsBase):
                                      attack_ms=v["attack_ms"], release_ms=v["release_ms"])]
 
     def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        v = self.check_values(values)
+        self.apply_pedalboard(plugins, self.check_values(values))
+
+    def apply_pedalboard(self, plugins: list, v: Mapping[str, float]) -> None:
         (gate,) = plugins
         gate.threshold_db = v["threshold_db"]
         gate.ratio = v["ratio"]
@@ -383,7 +387,9 @@ class Limiter(_DynamicsBase):
                                             true_peak=self.true_peak)]
 
     def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        v = self.check_values(values)
+        self.apply_pedalboard(plugins, self.check_values(values))
+
+    def apply_pedalboard(self, plugins: list, v: Mapping[str, float]) -> None:
         (lim,) = plugins
         lim.ceiling_db = v["ceiling_db"]
         lim.release_ms = v["release_ms"]

@@ -141,7 +141,9 @@ class _BiquadEQ(Effect):
     def section_settings(self, values: Mapping[str, float]) -> list[tuple[str, float, float, float]]:
         """``(kind, freq_hz, gain_db, q)`` per section for physical ``values`` (validated, plain
         Python: cheap enough to run on every streamed block)."""
-        v = self.check_values(values)
+        return self._settings_of(self.check_values(values))
+
+    def _settings_of(self, v: Mapping[str, float]) -> list[tuple[str, float, float, float]]:
         return [(sec[0], *(float(v[x]) if isinstance(x, str) else float(x) for x in sec[1:]))
                 for sec in self._sections]
 
@@ -156,7 +158,10 @@ class _BiquadEQ(Effect):
 
     def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
         """Set new values on the plugins of :meth:`to_pedalboard` (their filter states are kept)."""
-        sections = self.section_settings(values)
+        self.apply_pedalboard(plugins, self.check_values(values))
+
+    def apply_pedalboard(self, plugins: list, checked: Mapping[str, float]) -> None:
+        sections = self._settings_of(checked)
         if len(plugins) != len(sections):
             raise AfxError(f"{self.kind}: expected {len(sections)} plugins, got {len(plugins)}")
         for plugin, (_, freq, gain, q) in zip(plugins, sections):

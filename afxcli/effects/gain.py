@@ -55,4 +55,7 @@ class Gain(Effect):
         return [pedalboard.Gain(gain_db=v["gain_db"])]
 
     def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        plugins[0].gain_db = self.check_values(values)["gain_db"]
+        self.apply_pedalboard(plugins, self.check_values(values))
+
+    def apply_pedalboard(self, plugins: list, checked: Mapping[str, float]) -> None:
+        plugins[0].gain_db = checked["gain_db"]

@@ -55,6 +55,33 @@ def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:
     Python loop replaced by one pass of block sums — agrees with :func:`afxcli.metrics.lufs` to
     ~1e-9 LU (tests) at a fraction of its time on long files. ``audio`` ``(channels, samples)``; ``nan`` when
     shorter than one block, ``-inf`` for silence."""
+    return gated_lufs(block_energies(audio, sample_rate))
+
+
+def gated_lufs(z: np.ndarray | None, gain_db: float = 0.0) -> float:
+    """BS.1770-4 integrated loudness from the weighted block energies ``z`` (``Σ_i G_i z_ij``,
+    :func:`block_energies`) of a signal, or of that signal times a gain of ``gain_db`` (the energies
+    scale by ``10^(gain_db/10)``, the gates are applied after scaling): ``nan`` for ``None``
+    (shorter than one block), ``-inf`` when every block is gated out."""
+    if z is None:
+        return float("nan")
+    zsum = z * (10.0 ** (gain_db / 10.0)) if gain_db else z
+    with np.errstate(divide="ignore", invalid="ignore"):
+        l_blocks = -0.691 + 10.0 * np.log10(zsum)
+        abs_gate = l_blocks >= -70.0
+        if not np.any(abs_gate):
+            return float("-inf")
+        rel = -0.691 + 10.0 * np.log10(zsum[abs_gate].mean()) - 10.0
+        keep = (l_blocks > rel) & (l_blocks > -70.0)
+        if not np.any(keep):
+            return float("-inf")
+        return float(-0.691 + 10.0 * np.log10(zsum[keep].mean()))
+
+
+def block_energies(audio: np.ndarray, sample_rate: float) -> np.ndarray | None:
+    """K-weighted, channel-weighted mean square per 400 ms gating block (75 % overlap) of ``audio``
+    ``(channels, samples)``: ``(blocks,)`` float64 (``Σ_i G_i z_ij`` of BS.1770-4 eq. 2), or ``None``
+    when shorter than one block. :func:`gated_lufs` turns it into integrated loudness."""
     import pyloudnorm
     from scipy.signal import sosfilt
 
@@ -67,7 +94,7 @@ def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:
     meter = pyloudnorm.Meter(int(round(sr)) if sr.is_integer() else sr)
     t_g = meter.block_size
     if a.shape[1] < int(round(t_g * sr)) + 1:
-        return float("nan")
+        return None
     if a.shape[0] > 5:
         raise AfxError(f"loudness: at most 5 channels, got {a.shape[0]}")
     # the two K-weighting biquads (pre-filter shelf, RLB high-pass) as one second-order-sections
@@ -96,17 +123,7 @@ def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:
     cs = np.concatenate([[0.0], np.cumsum(seg)])
     pos = {int(c): k for k, c in enumerate(cuts)}
     pos[n] = len(cuts)
-    zsum = (cs[[pos[int(h)] for h in hi]] - cs[[pos[int(l_)] for l_ in lo]]) / (t_g * sr)   # Σ_i G_i z_ij
-    with np.errstate(divide="ignore", invalid="ignore"):
-        l_blocks = -0.691 + 10.0 * np.log10(zsum)
-        abs_gate = l_blocks >= -70.0
-        if not np.any(abs_gate):
-            return float("-inf")
-        rel = -0.691 + 10.0 * np.log10(zsum[abs_gate].mean()) - 10.0
-        keep = (l_blocks > rel) & (l_blocks > -70.0)
-        if not np.any(keep):
-            return float("-inf")
-        return float(-0.691 + 10.0 * np.log10(zsum[keep].mean()))
+    return (cs[[pos[int(h)] for h in hi]] - cs[[pos[int(l_)] for l_ in lo]]) / (t_g * sr)   # Σ_i G_i z_ij
 
 
 def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
@@ -276,7 +293,8 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     lufs, true_peak_dbtp = fast_lufs, fast_true_peak_dbtp
     check_target(target_lufs, ceiling_dbtp)
     x = np.ascontiguousarray(audio, dtype=np.float32)
-    l_in = lufs(x, sample_rate) if input_lufs is None else float(input_lufs)
+    z_in = block_energies(x, sample_rate) if input_lufs is None else None
+    l_in = gated_lufs(z_in) if input_lufs is None else float(input_lufs)
     if math.isnan(l_in):
         raise AfxError("audio too short to measure loudness (needs at least 0.4 s)")
     if not math.isfinite(l_in):
@@ -287,12 +305,16 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     gain = target_lufs - l_in
     sample_peak_db = 20.0 * math.log10(max(float(np.max(np.abs(x))), 1e-30))
     # Fast exact path: plain gain already meets both constraints (the true peak is ≥ the sample peak).
-    if sample_peak_db + gain <= ceiling_check and true_peak_dbtp(x, sample_rate) + gain <= ceiling_check:
+    # A gain scales the interpolated signal and the block energies: the output's true peak and
+    # loudness are the input's plus the gain, up to float32 rounding of the scaled samples
+    # (~1e-6 dB; TRUE_PEAK_GUARD_DB covers it), so neither is measured again.
+    tp_in = true_peak_dbtp(x, sample_rate) if sample_peak_db + gain <= ceiling_check else math.inf
+    if tp_in + gain <= ceiling_check:
         y = x * np.float32(10.0 ** (gain / 20.0))
-        l_out, tp = lufs(y, sample_rate), true_peak_dbtp(y, sample_rate)
-        if tp <= ceiling_check:
-            return LoudnessResult(y, l_in, target_lufs, l_out, tp, ceiling_dbtp, gain, ceiling_dbtp, 0.0, 1,
-                                  abs(l_out - target_lufs) <= tolerance_lu, notes)
+        l_out = gated_lufs(z_in, gain) if z_in is not None else lufs(y, sample_rate)
+        tp = tp_in + gain
+        return LoudnessResult(y, l_in, target_lufs, l_out, tp, ceiling_dbtp, gain, ceiling_dbtp, 0.0, 1,
+                              abs(l_out - target_lufs) <= tolerance_lu, notes)
     # pedalboard's true-peak limiter lets ~0.05 dB of inter-sample peaks through (measured): start
     # its ceiling a little lower so the first render usually holds the ceiling already
     lim_ceiling = ceiling_dbtp - LIMITER_MARGIN_DB
