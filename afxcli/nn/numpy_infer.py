@@ -9,7 +9,8 @@ from the weights in an ``.npz`` written next to the ``.pt`` (:func:`export_npz`)
 the SHA-256 of the ``.pt`` it came from, so a retrained ``.pt`` with a stale npz is detected
 (:func:`load_npz` returns ``None`` and the caller falls back to torch).
 
-Formulas (the torch modules' own, in the power domain where they take log-sum-exps of dB):
+Formulas (the torch modules' own, in the power domain where they take log-sum-exps of dB; the
+transform and mel product in float32 as in torch, everything after in float64):
 
 - frames (torch.stft ``center=True``, zero padding): frame ``j`` of a clip ``x`` reads
   ``x[j·hop − n_fft/2 : j·hop + n_fft/2]`` (zeros outside the clip), periodic Hann window;
@@ -141,7 +142,7 @@ def _db_levels_from_power(p: np.ndarray, axis: int) -> np.ndarray:
 
 
 class NumpyStyleModel:
-    """The float64 NumPy forward pass of a shipped style model (see the module docstring).
+    """The NumPy forward pass of a shipped style model (see the module docstring).
 
     ``statistics``/``embed`` take clips at the model rate, mono, ``(clips, samples)``;
     ``controller(e_input (b, D), e_reference (b, D))`` → ``(b, n_params)`` in (0, 1)."""
@@ -171,16 +172,27 @@ class NumpyStyleModel:
                        for i, kind in enumerate(meta["controller_layers"])]
         if self.mel_basis.shape != (self.n_bins, self.n_fft // 2 + 1):
             raise AfxError("numpy style model: mel basis does not fit n_fft / n_bins")
+        self.window32 = arrays["frontend.window"].astype(np.float32)
+        self.mel_pairs = np.repeat(arrays["frontend.mel_basis"].astype(np.float32), 2, axis=1)
         # band groups of torch.tensor_split: the first (bins mod groups) groups are one bin wider
         bounds = np.cumsum([0] + [len(g) for g in np.array_split(np.arange(self.n_bins), self.n_groups)])
         self.group_bounds = bounds
 
     # ----- front end ------------------------------------------------------------------------------
     def _mel_power(self, frames: np.ndarray) -> np.ndarray:
-        """Frames ``(..., n_fft)`` → clamped mel power ``(..., n_bins)``."""
-        spec = np.fft.rfft(frames * self.window, axis=-1)
-        power = spec.real ** 2 + spec.imag ** 2
-        return np.maximum(power @ self.mel_basis.T, self.amin)
+        """Frames ``(..., n_fft)`` → clamped mel power ``(..., n_bins)`` float64. The transform and
+        the mel sum run in float32 like the torch front end: ``|X_f|² = Re² + Im²`` is folded into
+        the mel product (the spectrum viewed as interleaved ``(Re, Im)`` pairs, squared in place,
+        times the mel basis with each column repeated twice)."""
+        import os
+
+        from scipy import fft as sfft
+
+        spec = sfft.rfft((frames * self.window32).astype(np.float32, copy=False), axis=-1,
+                         workers=os.cpu_count() or 1)
+        v = spec.view(np.float32)                                   # (..., 2 * (n_fft/2 + 1))
+        np.square(v, out=v)
+        return np.maximum((v @ self.mel_pairs.T).astype(np.float64), self.amin)
 
     def _clip_frames(self, clip: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Frames ``j`` ``(k,)`` of one clip ``(samples,)`` with the clip's own zero padding → ``(k, n_fft)``."""
@@ -229,7 +241,7 @@ class NumpyStyleModel:
 
     def clip_statistics(self, clip: np.ndarray) -> np.ndarray:
         """Statistics ``(n_stats,)`` of one mono clip ``(samples,)`` at the model rate."""
-        clip = np.asarray(clip, dtype=np.float64)
+        clip = np.asarray(clip, dtype=np.float32)
         f = self.num_frames(clip.shape[-1])
         power = self._mel_power(self._clip_frames(clip, np.arange(f)))          # (frames, bins)
         level, g_level = self._frame_summaries(power)
@@ -239,7 +251,7 @@ class NumpyStyleModel:
         """Statistics ``(len(starts), n_stats)`` of the windows ``x[s:s + window]`` of one mono
         signal ``x`` ``(samples,)`` (every window inside ``x``), each analyzed as its own clip;
         frames shared by overlapping windows are computed once (module docstring)."""
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float32)
         starts = np.asarray(starts, dtype=np.int64)
         w = int(window)
         if starts.size == 0:
@@ -289,7 +301,7 @@ class NumpyStyleModel:
         the mean embedding of consecutive windows (a last window shorter than half a window is
         dropped unless it is the only one; a shorter last window is analyzed at its own length),
         re-normalized when the encoder L2-normalizes. Returns ``(embed_dim,)``."""
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x, dtype=np.float32)
         n, w = x.shape[-1], int(window)
         starts = np.array(list(range(0, max(1, n - w // 2), w)) or [0], dtype=np.int64)
         full = starts[starts + w <= n]

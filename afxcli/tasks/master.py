@@ -38,7 +38,7 @@ LIMITER_LABEL = "ceiling"
 
 
 #: Modules every mastering run needs, slowest first to import (torch ~2-4 s, scipy.signal ~1-3 s).
-PREFETCH_MODULES = ("scipy.signal", "torch", "afxcli.effects.chain", "afxcli.render", "afxcli.tasks.refine")
+PREFETCH_MODULES = ("scipy.signal", "pyloudnorm", "torch", "afxcli.effects.chain", "afxcli.render", "afxcli.tasks.refine")
 
 
 def prefetch_imports(modules: tuple[str, ...] = PREFETCH_MODULES) -> threading.Thread:
@@ -217,15 +217,20 @@ AUTOMATION_CUTOFF_HZ = 0.2
 AUTOMATION_BLOCK = 2048
 
 
-def model_automation(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray, model_effects: list[dict]):
+def model_automation(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray,
+                     model_effects: list[dict] | None = None, q: np.ndarray | None = None):
     """Frame-wise predictions of ``pred`` for ``audio`` against one reference embedding, smoothed
-    into a :class:`~afxcli.trace.ParameterTrace` of the chain ``model_effects`` at ``sr`` (DeepAFx
-    §2.3: frame-wise parameters, lowpass-filtered across frames)."""
-    from ..effects.chain import Chain
+    into a :class:`~afxcli.trace.ParameterTrace` of the chain ``model_effects`` (default: the
+    model's) at ``sr`` (DeepAFx §2.3: frame-wise parameters, lowpass-filtered across frames).
+    ``q``: the normalized frame predictions ``(frames, n_free)`` when already made
+    (:func:`frame_predictions`)."""
+    from ..effects.chain import Chain, normalize_spec
     from ..trace import ParameterTrace, trace_specs, units_of
 
-    e, _ = pred.embed_frames(audio, sr, AUTOMATION_HOP_SECONDS)
-    q = pred.predict_normalized(e, ref_embedding)                       # (frames, n_free)
+    if q is None:
+        q = frame_predictions(pred, audio, sr, ref_embedding)
+    if model_effects is None:
+        model_effects = normalize_spec(pred.chain_spec)["effects"]
     chain = Chain({"effects": model_effects}, sr)
     params = pred.values_frames(q, chain)                               # {key: (frames,)}
     hop = int(round(AUTOMATION_HOP_SECONDS * sr))
@@ -235,29 +240,42 @@ def model_automation(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray
     return blocks, chain
 
 
+def frame_predictions(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray) -> np.ndarray:
+    """Normalized predictions ``(frames, n_free)`` of ``pred`` every :data:`AUTOMATION_HOP_SECONDS`
+    for ``audio`` against ``ref_embedding`` (no effect or torch import on the NumPy backend)."""
+    e, _ = pred.embed_frames(audio, sr, AUTOMATION_HOP_SECONDS)
+    return pred.predict_normalized(e, ref_embedding)
+
+
 def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: list[str]):
     """(chain, per-effect values, pre-processing FIR or None, description, chain input, automation)
     for this file; the chain input is ``audio`` or, for the rule-based method, ``audio`` through its
     FIR (filtered once: the threshold search and the render share it). ``automation`` is a
     :class:`~afxcli.trace.ParameterTrace` of the effects before the loudness stage
     (``--time-varying``; ``values`` then holds their median settings), else None."""
-    from ..effects.chain import Chain, normalize_spec
-
     fir, described, x, automation = None, {}, audio, None
     if ctx.method == "model":
         pred = ctx.predictor
+        # the analysis first: on the NumPy backend it needs neither the effects nor torch, whose
+        # import (prefetch_imports) goes on meanwhile in its own thread
+        if ctx.time_varying:
+            q = frame_predictions(pred, audio, sr, ctx.reference_embedding())
+        else:
+            q = pred.predict_normalized(pred.embed(audio, sr), ctx.reference_embedding())
+        from ..effects.chain import Chain, normalize_spec
+
         model_effects = normalize_spec(pred.chain_spec)["effects"]
         chain = Chain(master_chain_spec(model_effects, ctx.ceiling), sr)
         tail = [dict(v) for v in chain.base_values()[len(model_effects):]]
         if ctx.time_varying:
-            automation, sub = model_automation(pred, audio, sr, ctx.reference_embedding(), model_effects)
+            automation, sub = model_automation(pred, audio, sr, ctx.reference_embedding(), model_effects, q)
             values = sub.values_from_flat(automation.reduce("median")) + tail
         else:
-            q = pred.predict_normalized(pred.embed(audio, sr), ctx.reference_embedding())
             values = pred.values(q, chain) + tail
         described = {"model_id": pred.model_id, "model": str(pred.path) if pred.path else None,
                      "time_varying": bool(ctx.time_varying)}
     elif ctx.method == "rule-based":
+        from ..effects.chain import Chain
         from .rulebased import design_matched_eq, search_threshold
 
         fir = design_matched_eq(audio, sr, ctx.ref_audio, ctx.ref_sr)
@@ -269,6 +287,7 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
                      "compressor_search": {"evaluations": search.evaluations, "lufs": round(search.lufs, 3),
                                            "toward_lufs": round(float(ctx.ref_lufs), 3)}}
     elif ctx.method == "preset":
+        from ..effects.chain import Chain
         from .export import load_preset
         from .render import fit_trace
 
@@ -284,6 +303,8 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
         values = Chain(spec, sr).values_from_flat(flat) + [dict(v) for v in chain.base_values()[len(effects):]]
         described = {"preset": str(ctx.param_preset)}
     else:
+        from ..effects.chain import Chain
+
         chain = Chain(master_chain_spec([], ctx.ceiling)["effects"][1:], sr)  # limiter only
         values = chain.base_values()
     return chain, values, fir, described, x, automation
@@ -313,7 +334,10 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
 
     The report's measurements of the input and the reference (true peak, crest, features) do not
     depend on the render: they run in a side thread meanwhile (their FFTs and the pedalboard
-    render release the GIL), and the report waits for them."""
+    render release the GIL), and the report waits for them. The ones only the JSON report shows
+    (the input's and the reference's true peak and levels, the feature distances) are measured only
+    when ``report_path`` is given; otherwise ``MasterResult.report`` has ``None`` for the input's
+    true peak and no ``reference`` levels or ``feature_distance_db``."""
     from concurrent.futures import ThreadPoolExecutor
 
     side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afx-report")
@@ -343,13 +367,13 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         raise AfxError("too short to master (needs at least 0.4 s)")
     if not math.isfinite(in_lufs):
         raise AfxError("input is silent")
-    in_levels = side.submit(levels, audio, sr, lufs_value=in_lufs)
-    ref_levels = side.submit(ctx.reference_levels)
-    feature_hz = 0.95 * min(sr, ctx.ref_sr) / 2 if ctx.ref_audio is not None else None
+    full_report = report_path is not None
+    in_levels = side.submit(levels, audio, sr, lufs_value=in_lufs,
+                            true_peak=None if full_report else float("nan"))  # nan: not measured
+    ref_levels = side.submit(ctx.reference_levels) if full_report else None
+    feature_hz = 0.95 * min(sr, ctx.ref_sr) / 2 if ctx.ref_audio is not None and full_report else None
     features = (side.submit(_input_and_reference_features, audio, sr, ctx, feature_hz)
                 if feature_hz is not None else None)
-    from ..effects.chain import Chain
-
     notes: list[str] = []
     chain, values, fir, described, x, automation = _chain_and_values(audio, sr, ctx, notes)
     t_params = time.perf_counter()
@@ -378,6 +402,8 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
     write_audio(output_path, y, sr)
     t_render = time.perf_counter()
 
+    from ..effects.chain import Chain
+
     # settings actually used: loudness gain and the limiter's (possibly lowered) ceiling
     used = [dict(v) for v in values]
     if LOUDNESS_LABEL in chain.labels:
@@ -393,7 +419,7 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         "output": {"file": str(output_path), "lufs": round(loud.output_lufs, 4),
                    "true_peak_dbtp": round(loud.true_peak_dbtp, 4),
                    "crest_db": levels(y, sr, lufs_value=loud.output_lufs, true_peak=loud.true_peak_dbtp)["crest_db"]},
-        "reference": ref_levels.result(),
+        "reference": ref_levels.result() if ref_levels is not None else None,
         "sample_rate": sr, "channels": int(audio.shape[0]), "seconds": round(audio.shape[1] / sr, 4),
         "method": ctx.method,
         "target_lufs": ctx.target_lufs, "target_source": ctx.target_source, "ceiling_dbtp": ctx.ceiling,
