@@ -17,7 +17,9 @@ integrated loudness, as ``afx style-transfer`` renders it, :func:`~afxcli.tasks.
 and ``model_own_gain`` (the same chain with the network's own output gain). Metrics to the target (DeepAFx-ST §4.1, :mod:`afxcli.metrics`):
 MR-STFT error, mel spectral distance (MSD, dB), spectral-centroid error (Hz), RMS error (dB), LUFS
 error (LU); means over the pairs. Printed as ``style_<domain>_<method>_<metric>: value unit`` plus
-``style_<domain>_<method>_mrstft_reduction: X %`` (``1 − method/input``).
+``style_<domain>_<method>_mrstft_reduction: X %`` (``1 − method/input``). ``--band-errors`` adds
+``style_<domain>_<method>_band_error_<f>hz`` lines: the long-term spectral shape error per octave
+band (level removed), which shows in which bands a method's EQ misses the target.
 
     .venv/bin/python benchmarks/style_eval.py --n 50 --seed 0 [--model runs/style_music/best.pt]
 """
@@ -43,20 +45,56 @@ METRICS = {"mrstft": ("mrstft", ""), "msd": ("msd_db", "dB"), "sce": ("spectral_
            "rms_error": ("rms_error_db", "dB"), "lufs_error": ("lufs_error_lu", "LU")}
 
 
-def pair_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float) -> dict[str, float]:
-    """Full-reference errors of ``output`` to ``target`` (both ``(channels, samples)``)."""
+def pair_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float,
+                 band_errors: bool = False) -> dict[str, float]:
+    """Full-reference errors of ``output`` to ``target`` (both ``(channels, samples)``); with
+    ``band_errors`` also the per-octave shape errors ``band_error_<center>hz`` (dB)."""
     from afxcli import metrics
 
-    return {"mrstft": metrics.mrstft_error(output, target),
+    extra = {}
+    if band_errors:
+        centers = [c for c in OCTAVE_CENTERS_HZ if c < 0.45 * sample_rate]
+        extra = {f"band_error_{c:.0f}hz": float(e)
+                 for c, e in zip(centers, band_shape_errors_db(output, target, sample_rate))}
+    return {**extra, "mrstft": metrics.mrstft_error(output, target),
             "msd_db": metrics.mel_spectral_distance_db(output, target, sample_rate),
             "spectral_centroid_error_hz": metrics.spectral_centroid_error_hz(output, target, sample_rate),
             "rms_error_db": abs(metrics.rms_dbfs(output) - metrics.rms_dbfs(target)),
             "lufs_error_lu": abs(metrics.lufs(output, sample_rate) - metrics.lufs(target, sample_rate))}
 
 
+#: Octave-band centers (Hz) of the optional per-band shape errors (``--band-errors``).
+OCTAVE_CENTERS_HZ = tuple(1000.0 * 2.0 ** k for k in range(-5, 5))
+
+
+def band_shape_errors_db(output: np.ndarray, target: np.ndarray, sample_rate: float) -> np.ndarray:
+    """Long-term spectral *shape* error per octave band (:data:`OCTAVE_CENTERS_HZ` below 0.45·rate):
+    ``|B_out(k) − B_tgt(k) − mean_k(B_out − B_tgt)|`` in dB, where ``B`` is the mean power
+    (Hann STFT, ~93 ms frames, half overlap, mean over frames and channels) in the octave
+    ``[c/√2, c·√2)`` — what an EQ gets right or wrong, with the overall level taken out."""
+    n_fft = int(2 ** round(np.log2(0.093 * sample_rate)))
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    centers = [c for c in OCTAVE_CENTERS_HZ if c < 0.45 * sample_rate]
+
+    def bands(a: np.ndarray) -> np.ndarray:
+        rows = np.asarray(a, dtype=np.float64).reshape(-1, a.shape[-1])
+        if rows.shape[1] < n_fft:
+            rows = np.pad(rows, ((0, 0), (0, n_fft - rows.shape[1])))
+        hop = n_fft // 2
+        starts = np.arange(0, rows.shape[1] - n_fft + 1, hop)
+        win = np.hanning(n_fft)
+        power = np.mean([np.mean(np.abs(np.fft.rfft(r[starts[:, None] + np.arange(n_fft)] * win, axis=1)) ** 2, axis=0)
+                         for r in rows], axis=0)
+        return np.array([10.0 * np.log10(power[(freqs >= c / 2 ** 0.5) & (freqs < c * 2 ** 0.5)].mean() + 1e-20)
+                         for c in centers])
+
+    d = bands(output) - bands(target)
+    return np.abs(d - d.mean())
+
+
 def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int, n: int, seed: int,
                    clip_seconds: float, predictor=None, progress: bool = False,
-                   groups: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+                   groups: Sequence[str] | None = None, band_errors: bool = False) -> dict[str, dict[str, float]]:
     """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs.
 
     ``files``: audio files of the split (None: generated music-like clips, for tests). Pair ``k`` is
@@ -64,6 +102,7 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     styles and halves). ``predictor``: a loaded :class:`~afxcli.tasks.style.StylePredictor` or None.
     ``groups``: the group (speaker/track) of each file; a file shorter than the crop is continued
     within its group (one speaker per pair, as DeepAFx-ST's one-recording segments).
+    ``band_errors``: also ``band_error_<center>hz`` keys (:func:`band_shape_errors_db`).
     """
     from afxcli.effects.chain import Chain
     from afxcli.render import render_chain
@@ -82,17 +121,17 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     for k in range(n):
         item = ds[k]
         x, ref, target = (item[key].numpy().astype(np.float32) for key in ("input", "reference", "target"))
-        rows["input"].append(pair_metrics(x, target, sample_rate))
+        rows["input"].append(pair_metrics(x, target, sample_rate, band_errors))
         rb = rule_based(x, sample_rate, ref, sample_rate).apply(x, sample_rate)
-        rows["rule-based"].append(pair_metrics(rb, target, sample_rate))
+        rows["rule-based"].append(pair_metrics(rb, target, sample_rate, band_errors))
         if predictor is not None:
             from afxcli.tasks.loudness import fast_lufs
             from afxcli.tasks.style import match_output_loudness
 
             values = predictor.predict(x, sample_rate, ref, sample_rate)
-            rows["model_own_gain"].append(pair_metrics(render_chain(chain, x, values), target, sample_rate))
+            rows["model_own_gain"].append(pair_metrics(render_chain(chain, x, values), target, sample_rate, band_errors))
             _, y, _ = match_output_loudness(chain, x, values, fast_lufs(ref, sample_rate))   # what afx style-transfer does
-            rows["model"].append(pair_metrics(y, target, sample_rate))
+            rows["model"].append(pair_metrics(y, target, sample_rate, band_errors))
         if progress:
             print(f"  pair {k + 1}/{n} ({item['name']}): input mrstft {rows['input'][-1]['mrstft']:.3f}, "
                   f"rule-based {rows['rule-based'][-1]['mrstft']:.3f}"
@@ -108,6 +147,8 @@ def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
         m = method.replace("-", "_")
         for name, (key, unit) in METRICS.items():
             lines.append(f"style_{domain}_{m}_{name}: {vals[key]:.4f} {unit}".rstrip())
+        for key in (k for k in vals if k.startswith("band_error_")):
+            lines.append(f"style_{domain}_{m}_{key}: {vals[key]:.3f} dB")
     base = result["input"]["mrstft"]
     for method in result:
         if method != "input":
@@ -126,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--model", default=None, help="style model for every domain (checkpoint path or music/speech)")
     p.add_argument("--music-model", default=None)
     p.add_argument("--speech-model", default=None)
+    p.add_argument("--band-errors", action="store_true",
+                   help="also the long-term spectral shape error per octave band (what the EQ gets wrong where)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -147,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{predictor.path if predictor else '(none)'}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
-                                progress=not args.quiet, groups=datasets.groups(corpus, "val"))
+                                progress=not args.quiet, groups=datasets.groups(corpus, "val"),
+                                band_errors=args.band_errors)
         print(f"{domain}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         out += figure_lines(domain, result)
     print("\n".join(out))

@@ -59,6 +59,25 @@ def test_style_pair_metrics_zero_for_the_target_itself(style_eval):
     assert m6["lufs_error_lu"] == pytest.approx(6.0206, abs=1e-2)
 
 
+def test_band_shape_errors_see_a_shelf_not_a_gain(style_eval):
+    """A pure gain has no shape error; a +6 dB high shelf at 4 kHz shows in the top bands only."""
+    import pedalboard
+
+    from afxcli.train.data import music_like
+
+    x = music_like(np.random.default_rng(2), 44100, 44100 * 2, 2)
+    assert np.all(style_eval.band_shape_errors_db(x * np.float32(3.0), x, 44100) < 1e-6)
+    shelf = pedalboard.HighShelfFilter(cutoff_frequency_hz=4000, gain_db=6.0, q=0.707)(x, 44100)
+    e = style_eval.band_shape_errors_db(shelf, x, 44100)
+    centers = [c for c in style_eval.OCTAVE_CENTERS_HZ if c < 0.45 * 44100]
+    assert len(e) == len(centers)
+    low = e[[i for i, c in enumerate(centers) if c <= 500]]
+    high = e[[i for i, c in enumerate(centers) if c >= 8000]]
+    assert np.all(high > 2.5) and np.all(low < 2.5)  # level removed: the low bands sit ~1.5-2 dB off
+    m = style_eval.pair_metrics(shelf, x, 44100, band_errors=True)
+    assert {f"band_error_{c:.0f}hz" for c in centers} <= set(m)
+
+
 def test_master_distances_of_a_gain(master_eval):
     from afxcli.train.data import music_like
 
