@@ -19,9 +19,14 @@ An automation trace is validated once per parameter, vectorized (:func:`check_bl
 same completion, range check and clipping as ``Effect.check_values`` on every block), and the
 per-block settings are handed to pedalboard twins without validating them again
 (``PedalboardRenderer.set_checked_values``): the output is bit-identical to validating block by block.
+Consecutive effects whose twins treat every channel on its own (``Effect.channels_independent``:
+EQ, compressor, gain, clippers; not the limiter, whose detector links the channels) render
+multichannel audio one channel per thread (pedalboard releases the GIL), which gives the same
+samples as rendering the channels together (tests).
 """
 from __future__ import annotations
 
+import os
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -133,6 +138,53 @@ def render_effect(effect: Effect, audio: np.ndarray, values: Mapping[str, float]
     return y[0].to(torch.float32).numpy()
 
 
+def free_cores() -> int:
+    """CPU cores not busy with other work: the CPU count minus the 1-minute load average
+    (rounded), at least 1. On a machine shared with other jobs, threads beyond this only add
+    switching (measured: 2 render threads were 25 % slower than 1 at a load of 4 on 2 cores)."""
+    n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return n
+    return max(1, min(n, int(round(n - load + 0.5))))
+
+
+def _per_channel(fx: Effect) -> bool:
+    return bool(fx.channels_independent) and fx.has_twin and getattr(fx, "make_renderer", None) is None
+
+
+def _render_jobs(jobs: Sequence[tuple], y: np.ndarray, block_size: int, threads: int | None = None) -> np.ndarray:
+    """Render ``(effect, static values | None, checked blocks | None)`` jobs in series; runs of
+    :func:`_per_channel` effects on multichannel audio go one channel per thread (at most
+    ``threads``, default :func:`free_cores`)."""
+    threads = min(y.shape[0], threads or free_cores())
+
+    def run(group: Sequence[tuple], a: np.ndarray) -> np.ndarray:
+        for fx, vals, blocks in group:
+            a = render_effect(fx, a, vals) if blocks is None else \
+                render_effect(fx, a, blocks=blocks, block_size=block_size, checked=True)
+        return a
+
+    i = 0
+    while i < len(jobs):
+        j = i
+        while j < len(jobs) and _per_channel(jobs[j][0]):
+            j += 1
+        if threads > 1 and j > i:
+            from concurrent.futures import ThreadPoolExecutor
+
+            group = jobs[i:j]
+            with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="afx-render") as ex:
+                parts = list(ex.map(lambda c: run(group, y[c:c + 1]), range(y.shape[0])))
+            y = np.concatenate(parts, axis=0)
+            i = j
+        else:
+            y = run(jobs[i:max(j, i + 1)], y)
+            i = max(j, i + 1)
+    return y
+
+
 def render_chain(chain: Chain, audio: np.ndarray,
                  values: Sequence[Mapping[str, float]] | ParameterTrace | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
@@ -155,19 +207,25 @@ def render_chain(chain: Chain, audio: np.ndarray,
             flat = {**base, **tr.frame_values(0)}
             return render_chain(chain, y, chain.values_from_flat({k: flat[k] for k in chain.keys()}), block_size)
         blk = tr.to_blocks(block_size, chain.sample_rate, trace_specs(chain), n_samples=y.shape[-1])
-        for i, (lab, fx) in enumerate(zip(chain.labels, chain.effects)):
+        jobs = []  # (effect, static values or None, checked blocks or None)
+        for lab, fx in zip(chain.labels, chain.effects):
             keys = [f"{lab}.{n}" for n in fx.param_names]
             if all(k not in blk.params or np.all(blk.params[k] == blk.params[k][0]) for k in keys):
                 vals = {n: (float(blk.params[k][0]) if k in blk.params else base[k])
                         for n, k in zip(fx.param_names, keys)}
-                y = render_effect(fx, y, vals)
-                continue
-            arrays = {n: (blk.params[k] if k in blk.params else base[k]) for n, k in zip(fx.param_names, keys)}
-            y = render_effect(fx, y, blocks=checked_blocks(fx, arrays, blk.n_frames), block_size=block_size,
-                              checked=True)
-        return y
+                jobs.append((fx, vals, None))
+            else:
+                arrays = {n: (blk.params[k] if k in blk.params else base[k]) for n, k in zip(fx.param_names, keys)}
+                jobs.append((fx, None, checked_blocks(fx, arrays, blk.n_frames)))
+        return _render_jobs(jobs, y, block_size)
     if len(values) != len(chain.effects):
         raise AfxError(f"expected values for {len(chain.effects)} effects, got {len(values)}")
-    for fx, vals in zip(chain.effects, values):
-        y = render_effect(fx, y, vals)
-    return y
+    return render_series(chain.effects, values, y)
+
+
+def render_series(effects: Sequence[Effect], values: Sequence[Mapping[str, float]], audio: np.ndarray) -> np.ndarray:
+    """Render ``audio`` ``(channels, samples)`` through ``effects`` in series with static ``values``
+    (one mapping per effect): :func:`render_effect` on each, channel-independent runs one channel
+    per thread. Returns float32 ``(channels, samples)``."""
+    y = np.ascontiguousarray(audio, dtype=np.float32)
+    return _render_jobs([(fx, v, None) for fx, v in zip(effects, values)], y, DEFAULT_BLOCK_SIZE)

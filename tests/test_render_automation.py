@@ -51,9 +51,18 @@ def reference_render(chain: Chain, x: np.ndarray, tr: ParameterTrace, block_size
     return y
 
 
-@pytest.mark.parametrize("channels,block", [(2, 2048), (1, 512)])
-def test_automation_render_is_bit_identical_to_validating_every_block(channels, block):
-    chain = Chain(SPEC, SR)
+SPEC_2 = {"effects": [{"type": "geq", "label": "geq"}, {"type": "distortion", "label": "drive"},
+                      {"type": "gain", "label": "out"}, {"type": "limiter", "label": "lim"}]}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("spec,channels,block", [(SPEC, 2, 2048), (SPEC, 1, 512), (SPEC_2, 2, 1024)])
+def test_automation_render_is_bit_identical_to_validating_every_block(spec, channels, block, threads, monkeypatch):
+    """Also with per-channel threads: the reference renders the channels together."""
+    import afxcli.render
+
+    monkeypatch.setattr(afxcli.render, "free_cores", lambda: threads)
+    chain = Chain(spec, SR)
     x = music(1.3, channels)
     tr = moving_trace(chain, x.shape[1], 1024)
     got = render_chain(chain, x, tr, block_size=block)
@@ -78,3 +87,18 @@ def test_check_block_values_equals_check_values_block_by_block():
             check_block_values(fx, {"threshold_db": np.array([-20.0, bad])}, 2)
     with pytest.raises(AfxError, match="unknown parameter"):
         check_block_values(fx, {"thresh": np.zeros(2)}, 2)
+
+
+def test_static_series_per_channel_threads_equal_one_joint_render(monkeypatch):
+    import afxcli.render
+    from afxcli.render import render_effect, render_series
+
+    monkeypatch.setattr(afxcli.render, "free_cores", lambda: 2)
+    chain = Chain(SPEC, SR)
+    x = music(0.8, 2)
+    values = [fx.random_values(np.random.default_rng(i)) for i, fx in enumerate(chain.effects)]
+    joint = x
+    for fx, v in zip(chain.effects, values):
+        joint = render_effect(fx, joint, v)
+    assert np.array_equal(render_series(chain.effects, values, x), joint)
+    assert [fx.channels_independent for fx in chain.effects] == [True, True, True, True, False]

@@ -66,6 +66,9 @@ class Effect(torch.nn.Module):
     differentiable: ClassVar[bool] = True
     #: Whether :meth:`to_pedalboard` exists for this effect.
     has_twin: ClassVar[bool] = False
+    #: Whether the pedalboard twin processes every channel on its own (no linked detection), so
+    #: that rendering the channels separately (in parallel threads) gives the same samples.
+    channels_independent: ClassVar[bool] = False
 
     def __init__(self, sample_rate: float, **options: Any) -> None:
         super().__init__()

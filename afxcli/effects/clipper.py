@@ -166,6 +166,7 @@ class HardClip(Effect):
 
     kind = "hard_clip"
     has_twin = True
+    channels_independent = True  # memoryless
 
     def _make_specs(self):
         return [ParamSpec("threshold_db", "dB", -24.0, 0.0, -6.0, "lin")]
@@ -195,6 +196,7 @@ class Distortion(Effect):
 
     kind = "distortion"
     has_twin = True
+    channels_independent = True  # memoryless
 
     def _make_specs(self):
         return [ParamSpec("drive_db", "dB", 0.0, 48.0, 12.0, "lin")]

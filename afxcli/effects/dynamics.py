@@ -168,6 +168,7 @@ class Compressor(_DynamicsBase):
 
     kind = "compressor"
     has_twin = True
+    channels_independent = True  # JUCE dsp::Compressor: one envelope per channel
 
     def _make_specs(self):
         return compressor_specs()

@@ -47,6 +47,7 @@ class _BiquadEQ(Effect):
 
     differentiable = True
     has_twin = True
+    channels_independent = True  # one biquad cascade per channel
     _allowed_options: tuple[str, ...] = ()
     TRAIN_FILTERS = ("auto", "fs", "exact")
 

@@ -39,6 +39,7 @@ class Gain(Effect):
 
     kind = "gain"
     has_twin = True
+    channels_independent = True
 
     def _make_specs(self):
         return [ParamSpec("gain_db", "dB", -24.0, 24.0, 0.0, "lin")]

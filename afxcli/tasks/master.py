@@ -313,19 +313,15 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
 def _render_until_limiter(chain, values, audio: np.ndarray, automation=None) -> np.ndarray:
     """Render every effect before the final limiter (and the loudness gain) with pedalboard
     (``automation``: a trace of exactly those effects, rendered with per-block updates)."""
-    from ..render import render_chain, render_effect
+    from ..render import render_chain, render_series
 
     if automation is not None:
         from ..effects.chain import Chain
 
         return render_chain(Chain(automation.chain, chain.sample_rate), audio, automation,
                             block_size=automation.hop)
-    y = np.ascontiguousarray(audio, dtype=np.float32)
-    for lab, fx, v in zip(chain.labels, chain.effects, values):
-        if lab in (LOUDNESS_LABEL, LIMITER_LABEL):
-            continue
-        y = render_effect(fx, y, v)
-    return y
+    keep = [i for i, lab in enumerate(chain.labels) if lab not in (LOUDNESS_LABEL, LIMITER_LABEL)]
+    return render_series([chain.effects[i] for i in keep], [values[i] for i in keep], audio)
 
 
 def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_path: Path | None = None,
