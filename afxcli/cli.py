@@ -474,7 +474,8 @@ def master(
     traces = _side_paths(trace, outs, "--trace", ".trace.json")
     prefetch_imports()  # torch/scipy load while the reference and the first input are read
     ctx = MasterContext(ref=ref, preset=preset, lufs=lufs, ceiling=ceiling, method=method, model=model,
-                        refine_steps=refine_steps, time_varying=time_varying)
+                        refine_steps=refine_steps, time_varying=time_varying,
+                        read_ahead=files[0] if files else None)
 
     def one(item):
         inp, out, rep, plt, trc = item

@@ -26,13 +26,13 @@ samples as rendering the channels together (tests).
 """
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .effects.base import Effect, PedalboardRenderer, make_renderer
+from .cpus import free_cores
 from .effects.chain import Chain
 from .errors import AfxError
 from .trace import ParameterTrace, trace_specs
@@ -136,18 +136,6 @@ def render_effect(effect: Effect, audio: np.ndarray, values: Mapping[str, float]
         y = effect(torch.from_numpy(audio).to(torch.float64).unsqueeze(0), p,
                    block_size=None if blocks is None else block_size, mode="exact")
     return y[0].to(torch.float32).numpy()
-
-
-def free_cores() -> int:
-    """CPU cores not busy with other work: the CPU count minus the 1-minute load average
-    (rounded), at least 1. On a machine shared with other jobs, threads beyond this only add
-    switching (measured: 2 render threads were 25 % slower than 1 at a load of 4 on 2 cores)."""
-    n = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return n
-    return max(1, min(n, int(round(n - load + 0.5))))
 
 
 def _per_channel(fx: Effect) -> bool:

@@ -293,6 +293,9 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     lufs, true_peak_dbtp = fast_lufs, fast_true_peak_dbtp
     check_target(target_lufs, ceiling_dbtp)
     x = np.ascontiguousarray(audio, dtype=np.float32)
+    sample_peak_db = 20.0 * math.log10(max(float(np.max(np.abs(x))), 1e-30))
+    guard = TRUE_PEAK_GUARD_DB
+    ceiling_check = ceiling_dbtp - guard
     z_in = block_energies(x, sample_rate) if input_lufs is None else None
     l_in = gated_lufs(z_in) if input_lufs is None else float(input_lufs)
     if math.isnan(l_in):
@@ -300,10 +303,7 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     if not math.isfinite(l_in):
         raise AfxError("audio is silent: no loudness to match")
     notes: list[str] = []
-    guard = TRUE_PEAK_GUARD_DB
-    ceiling_check = ceiling_dbtp - guard
     gain = target_lufs - l_in
-    sample_peak_db = 20.0 * math.log10(max(float(np.max(np.abs(x))), 1e-30))
     # Fast exact path: plain gain already meets both constraints (the true peak is ≥ the sample peak).
     # A gain scales the interpolated signal and the block energies: the output's true peak and
     # loudness are the input's plus the gain, up to float32 rounding of the scaled samples

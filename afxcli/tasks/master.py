@@ -86,10 +86,14 @@ class MasterContext(ReferenceEmbedding):
 
     def __init__(self, ref: Path | None = None, preset: str | None = None, lufs: float | None = None,
                  ceiling: float | None = None, method: str = "auto", model: str | Path | None = None,
-                 refine_steps: int = 0, time_varying: bool | None = None) -> None:
+                 refine_steps: int = 0, time_varying: bool | None = None,
+                 read_ahead: Path | None = None) -> None:
         from ..audio import read_audio
         from .style import (DEFAULT_MODELS, StylePredictor, is_style_preset, load_style_preset,
                             resolve_model_path, resolve_preset_path)
+
+        # ``read_ahead``: an input to decode in a side thread meanwhile (``master_file`` takes it)
+        self._read_ahead = (Path(read_ahead), _read_in_thread(Path(read_ahead))) if read_ahead is not None else None
 
         if method not in METHODS:
             raise AfxError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -195,6 +199,19 @@ class MasterContext(ReferenceEmbedding):
                                     **levels(self.ref_audio, self.ref_sr, lufs_value=self.ref_lufs)}
             return dict(self._ref_levels)
 
+    def take_read_ahead(self, path: Path):
+        """``(audio, sample_rate)`` of ``path`` if it was read ahead (once), else None; a read
+        error is raised here, as ``read_audio`` would."""
+        with self._lock:
+            item, self._read_ahead = self._read_ahead, None
+        if item is None or item[0] != Path(path):
+            return None
+        done, box = item[1]
+        done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["audio"]
+
     def reference_features(self, max_hz: float):
         from .refine import recording_features
 
@@ -203,6 +220,25 @@ class MasterContext(ReferenceEmbedding):
             if key not in self._ref_features:
                 self._ref_features[key] = recording_features(self.ref_audio, self.ref_sr, max_hz)
             return self._ref_features[key]
+
+
+def _read_in_thread(path: Path):
+    """Start decoding ``path`` in a daemon thread (libsndfile releases the GIL): ``(event, box)``;
+    after ``event`` the box holds ``audio`` (what ``read_audio`` returns) or ``error``."""
+    from ..audio import read_audio
+
+    done, box = threading.Event(), {}
+
+    def run() -> None:
+        try:
+            box["audio"] = read_audio(path)
+        except Exception as e:  # noqa: BLE001 - re-raised in the thread that takes it
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="afx-read-ahead", daemon=True).start()
+    return done, box
 
 
 #: Time-varying mastering (``--time-varying``): frame hop of the predictions (s) and the cutoff of
@@ -357,12 +393,21 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
     from .report import levels, plot_master, smoothed_spectrum_db, write_report
 
     t0 = time.perf_counter()
-    audio, sr = read_audio(input_path)
-    in_lufs = measure_lufs(audio, sr)
-    if math.isnan(in_lufs):
-        raise AfxError("too short to master (needs at least 0.4 s)")
-    if not math.isfinite(in_lufs):
-        raise AfxError("input is silent")
+    audio, sr = ctx.take_read_ahead(input_path) or read_audio(input_path)
+
+    def checked_lufs(v: float) -> float:
+        if math.isnan(v):
+            raise AfxError("too short to master (needs at least 0.4 s)")
+        if not math.isfinite(v):
+            raise AfxError("input is silent")
+        return v
+
+    # the model's analysis does not need the input's loudness: measure it in the side thread meanwhile
+    in_lufs_f = side.submit(measure_lufs, audio, sr)
+    if ctx.method == "model":
+        notes: list[str] = []
+        chain, values, fir, described, x, automation = _chain_and_values(audio, sr, ctx, notes)
+    in_lufs = checked_lufs(in_lufs_f.result())
     full_report = report_path is not None
     in_levels = side.submit(levels, audio, sr, lufs_value=in_lufs,
                             true_peak=None if full_report else float("nan"))  # nan: not measured
@@ -370,8 +415,9 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
     feature_hz = 0.95 * min(sr, ctx.ref_sr) / 2 if ctx.ref_audio is not None and full_report else None
     features = (side.submit(_input_and_reference_features, audio, sr, ctx, feature_hz)
                 if feature_hz is not None else None)
-    notes: list[str] = []
-    chain, values, fir, described, x, automation = _chain_and_values(audio, sr, ctx, notes)
+    if ctx.method != "model":
+        notes = []
+        chain, values, fir, described, x, automation = _chain_and_values(audio, sr, ctx, notes)
     t_params = time.perf_counter()
     refine_info = None
     if ctx.refine_steps:
