@@ -15,11 +15,11 @@ from dataclasses import dataclass, replace
 from typing import Literal, Union
 
 import numpy as np
-import torch
 
 from .errors import AfxError
+from .lazy import is_tensor, torch
 
-ArrayLike = Union[float, np.ndarray, torch.Tensor]
+ArrayLike = Union[float, np.ndarray, "torch.Tensor"]
 
 #: Highest frequency any effect parameter may take, as a fraction of the sample rate.
 MAX_FREQ_FRACTION = 0.45
@@ -31,7 +31,7 @@ def max_freq_hz(sample_rate: float, cap_hz: float = 20000.0) -> float:
 
 
 def _log(x: ArrayLike) -> ArrayLike:
-    if isinstance(x, torch.Tensor):
+    if is_tensor(x):
         return torch.log(x)
     if isinstance(x, np.ndarray):
         return np.log(x)
@@ -39,7 +39,7 @@ def _log(x: ArrayLike) -> ArrayLike:
 
 
 def _exp(x: ArrayLike) -> ArrayLike:
-    if isinstance(x, torch.Tensor):
+    if is_tensor(x):
         return torch.exp(x)
     if isinstance(x, np.ndarray):
         return np.exp(x)
@@ -47,7 +47,7 @@ def _exp(x: ArrayLike) -> ArrayLike:
 
 
 def _clip(x: ArrayLike, lo: float, hi: float) -> ArrayLike:
-    if isinstance(x, torch.Tensor):
+    if is_tensor(x):
         return torch.clamp(x, lo, hi)
     if isinstance(x, np.ndarray):
         return np.clip(x, lo, hi)

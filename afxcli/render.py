@@ -29,12 +29,12 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from .effects.base import Effect, PedalboardRenderer, make_renderer
 from .cpus import free_cores
 from .effects.chain import Chain
 from .errors import AfxError
+from .lazy import torch
 from .trace import ParameterTrace, trace_specs
 
 #: Default control block for automation (samples at the render rate).

@@ -19,9 +19,9 @@ import math
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from ..errors import AfxError
+from ..lazy import torch
 from ..params import ParamSpec
 
 #: Registry of effect classes by their ``kind`` (the ``type`` field of a chain spec).
@@ -55,10 +55,13 @@ def expand_blocks(p: torch.Tensor, n_samples: int, block_size: int | None) -> to
     return p.index_select(-1, idx)
 
 
-class Effect(torch.nn.Module):
+class Effect:
     """Base class of afx effects. Subclasses set :attr:`kind` and implement :meth:`_make_specs`
     and :meth:`process`; those with a pedalboard twin implement :meth:`to_pedalboard` (and
-    :meth:`update_pedalboard` if parameters can change between streamed chunks)."""
+    :meth:`update_pedalboard` if parameters can change between streamed chunks).
+
+    Calling an effect runs :meth:`forward` (like a ``torch.nn.Module``; effects hold no weights,
+    so they are plain objects: building one and rendering its pedalboard twin imports no torch)."""
 
     #: Registry name, used as ``type`` in chain specs.
     kind: ClassVar[str] = ""
@@ -71,7 +74,6 @@ class Effect(torch.nn.Module):
     channels_independent: ClassVar[bool] = False
 
     def __init__(self, sample_rate: float, **options: Any) -> None:
-        super().__init__()
         if not (isinstance(sample_rate, (int, float)) and math.isfinite(sample_rate) and sample_rate > 0):
             raise AfxError(f"{self.kind}: invalid sample rate {sample_rate!r}")
         self.sample_rate = float(sample_rate)
@@ -121,8 +123,9 @@ class Effect(torch.nn.Module):
         return out
 
     def values_to_tensor(self, values: Mapping[str, float], batch: int = 1,
-                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``{name: value}`` -> physical parameter tensor ``(batch, n_params)``."""
+                         dtype: "torch.dtype | None" = None) -> torch.Tensor:
+        """``{name: value}`` -> physical parameter tensor ``(batch, n_params)`` (``dtype`` default float32)."""
+        dtype = torch.float32 if dtype is None else dtype
         full = self.check_values(values)
         row = torch.tensor([full[n] for n in self.param_names], dtype=dtype)
         return row.unsqueeze(0).repeat(batch, 1)
@@ -132,6 +135,9 @@ class Effect(torch.nn.Module):
     def latency_samples(self) -> int:
         """Latency of the pedalboard twin (the torch forward is always time-aligned)."""
         return 0
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
 
     def forward(self, x: torch.Tensor, params: torch.Tensor, block_size: int | None = None,
                 mode: str = "exact") -> torch.Tensor:
@@ -189,6 +195,9 @@ class Effect(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, sample_rate={self.sample_rate:g}, options={self.options}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
 
 
 class Renderer:

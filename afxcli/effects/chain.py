@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from ..errors import AfxError
+from ..lazy import torch
 from ..params import ParamSpec
 from . import create
 
@@ -86,22 +85,20 @@ def normalize_spec(spec: Any) -> dict:
     return {"format": CHAIN_FORMAT, "version": CHAIN_VERSION, "effects": effects}
 
 
-class Chain(torch.nn.Module):
+class Chain:
     """A series of effects at one sample rate, with the split into fixed and free parameters.
 
-    ``forward(x, q)`` takes audio ``(batch, channels, samples)`` and normalized free parameters
-    ``(batch, n_free)`` or ``(batch, n_free, blocks)`` and returns ``(batch, channels, samples)``.
+    ``forward(x, q)`` (or calling the chain) takes audio ``(batch, channels, samples)`` and normalized
+    free parameters ``(batch, n_free)`` or ``(batch, n_free, blocks)`` and returns ``(batch, channels,
+    samples)``. A plain object (no weights): building a chain imports no torch.
     """
 
     def __init__(self, spec: Any, sample_rate: float) -> None:
-        super().__init__()
         self.spec = normalize_spec(spec)
         self.sample_rate = float(sample_rate)
         entries = self.spec["effects"]
         self.labels = _labels(entries)
-        self.effects = torch.nn.ModuleList(
-            [create(e["type"], sample_rate, **e["options"]) for e in entries]
-        )
+        self.effects = [create(e["type"], sample_rate, **e["options"]) for e in entries]
         self.fixed: list[dict[str, float]] = []
         free: list[FreeParam] = []
         for i, (e, fx, label) in enumerate(zip(entries, self.effects, self.labels)):
@@ -198,6 +195,9 @@ class Chain(torch.nn.Module):
         return {f"{lab}.{k}": float(v) for lab, vals in zip(labels, values) for k, v in vals.items()}
 
     # ----- processing -----------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
     def forward(self, x: torch.Tensor, q: torch.Tensor, block_size: int | None = None,
                 mode: str = "train") -> torch.Tensor:
         """Torch render: ``x`` ``(batch, channels, samples)``, ``q`` normalized ``(batch, n_free[, blocks])``."""

@@ -33,9 +33,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import torch
-
 from ..errors import AfxError
+from ..lazy import torch
 from ..params import ParamSpec
 from .base import Effect, expand_blocks, register
 from .gain import db_to_gain

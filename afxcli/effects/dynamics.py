@@ -12,19 +12,15 @@ import math
 from typing import Mapping
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..dsp.ballistics import (
-    ballistics,
-    hold_release_gain,
-    juce_coefficient,
-    rms_ballistics,
-    time_constant_coefficient,
-)
 from ..errors import AfxError
+from ..lazy import lazy_module, torch
 from ..params import ParamSpec
 from .base import Effect, register
+
+F = lazy_module("torch.nn.functional")
+#: The ballistics kernels (numba, torch), imported on first use.
+_ballistics = lazy_module("afxcli.dsp.ballistics")
 
 # ------------------------------------------------------------------------------------------------
 # shared parameter ranges (one place per effect; the multiband effects reuse these)
@@ -74,9 +70,9 @@ def juce_compressor(x: torch.Tensor, threshold_db: torch.Tensor, ratio: torch.Te
         ``(batch, channels, samples)``.
     """
     thr = _db_to_gain(threshold_db).unsqueeze(1)
-    c_att = juce_coefficient(attack_ms, sample_rate).unsqueeze(1)
-    c_rel = juce_coefficient(release_ms, sample_rate).unsqueeze(1)
-    env = ballistics(x.abs(), c_att, c_rel)
+    c_att = _ballistics.juce_coefficient(attack_ms, sample_rate).unsqueeze(1)
+    c_rel = _ballistics.juce_coefficient(release_ms, sample_rate).unsqueeze(1)
+    env = _ballistics.ballistics(x.abs(), c_att, c_rel)
     expo = (1.0 / ratio - 1.0).unsqueeze(1)
     gain = torch.exp(expo * torch.log(torch.maximum(env, thr) / thr))
     return gain * x
@@ -97,12 +93,12 @@ def juce_noise_gate(x: torch.Tensor, threshold_db: torch.Tensor, ratio: torch.Te
     """
     dtype = x.dtype
     thr = _db_to_gain(threshold_db).unsqueeze(1)
-    rms_c = juce_coefficient(torch.tensor([GATE_RMS_ATTACK_MS, GATE_RMS_RELEASE_MS], dtype=dtype,
+    rms_c = _ballistics.juce_coefficient(torch.tensor([GATE_RMS_ATTACK_MS, GATE_RMS_RELEASE_MS], dtype=dtype,
                                           device=x.device), sample_rate)
-    env = rms_ballistics(x, rms_c[0].view(1, 1, 1), rms_c[1].view(1, 1, 1))
-    c_att = juce_coefficient(attack_ms, sample_rate).unsqueeze(1)
-    c_rel = juce_coefficient(release_ms, sample_rate).unsqueeze(1)
-    env = ballistics(env, c_att, c_rel)
+    env = _ballistics.rms_ballistics(x, rms_c[0].view(1, 1, 1), rms_c[1].view(1, 1, 1))
+    c_att = _ballistics.juce_coefficient(attack_ms, sample_rate).unsqueeze(1)
+    c_rel = _ballistics.juce_coefficient(release_ms, sample_rate).unsqueeze(1)
+    env = _ballistics.ballistics(env, c_att, c_rel)
     expo = (ratio - 1.0).unsqueeze(1)
     safe = torch.clamp(torch.minimum(env, thr), min=1e-30)
     gain = torch.where(env > 0, torch.exp(expo * torch.log(safe / thr)), torch.zeros_like(env))
@@ -144,9 +140,9 @@ def soft_knee_compressor(x: torch.Tensor, threshold_db: torch.Tensor, ratio: tor
     level_db = 20.0 * torch.log10(torch.clamp(level, min=1e-6))
     gr = soft_knee_gain_reduction_db(level_db, threshold_db.unsqueeze(1), ratio.unsqueeze(1),
                                      knee_db.unsqueeze(1))
-    c_att = time_constant_coefficient(attack_ms, sample_rate).unsqueeze(1)
-    c_rel = time_constant_coefficient(release_ms, sample_rate).unsqueeze(1)
-    gr_s = ballistics(gr, c_att, c_rel)
+    c_att = _ballistics.time_constant_coefficient(attack_ms, sample_rate).unsqueeze(1)
+    c_rel = _ballistics.time_constant_coefficient(release_ms, sample_rate).unsqueeze(1)
+    gr_s = _ballistics.ballistics(gr, c_att, c_rel)
     return x * _db_to_gain(makeup_db.unsqueeze(1) - gr_s)
 
 
@@ -373,7 +369,7 @@ class Limiter(_DynamicsBase):
             peak = F.pad(x.abs().amax(dim=1), (0, L))
         target = torch.where(peak > ceiling, ceiling / torch.clamp(peak, min=1e-30), torch.ones_like(peak))
         rel = _release_coefficient_samples(rel_ms, self.sample_rate)
-        g = hold_release_gain(target, rel, L)[:, L:].unsqueeze(1)
+        g = _ballistics.hold_release_gain(target, rel, L)[:, L:].unsqueeze(1)
         ceil_out = ceiling[:, L:] if ceiling.shape[-1] > 1 else ceiling
         ceil_out = ceil_out.unsqueeze(1)
         y = x * g

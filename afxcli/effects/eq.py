@@ -26,18 +26,19 @@ import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
-from ..dsp.biquad import (SECTION_KINDS, biquad_cascade, fs_filter, juce_coefficients_f32, make_high_shelf,
-                          make_low_shelf, make_peak_filter)
 from ..errors import AfxError
+from ..lazy import lazy_module, torch
 from ..params import ParamSpec, max_freq_hz
 from .base import Effect, register
 
 #: Lowest frequency any EQ section may take (Hz).
 MIN_FREQ_HZ = 20.0
 
-_FORMULAS = {"peak": make_peak_filter, "low_shelf": make_low_shelf, "high_shelf": make_high_shelf}
+#: The biquad kernels (numba, torch), imported on first use.
+_biquad = lazy_module("afxcli.dsp.biquad")
+#: Section kind -> coefficient formula name in :mod:`afxcli.dsp.biquad`.
+_FORMULAS = {"peak": "make_peak_filter", "low_shelf": "make_low_shelf", "high_shelf": "make_high_shelf"}
 
 
 class _BiquadEQ(Effect):
@@ -95,7 +96,7 @@ class _BiquadEQ(Effect):
         ``(batch, n)``, or ``(batch, n_sections, 5, blocks)`` for ``(batch, n, blocks)``."""
         freq, q, gain = self._section_values(params)
         gain_factor = torch.pow(10.0, gain / 20.0)
-        cs = [_FORMULAS[sec[0]](self.sample_rate, freq[:, i], q[:, i], gain_factor[:, i])
+        cs = [getattr(_biquad, _FORMULAS[sec[0]])(self.sample_rate, freq[:, i], q[:, i], gain_factor[:, i])
               for i, sec in enumerate(self._sections)]  # each (batch[, blocks], 5)
         c = torch.stack(cs, dim=1)
         return c if params.dim() == 2 else c.transpose(-1, -2)
@@ -103,9 +104,9 @@ class _BiquadEQ(Effect):
     def coefficients_f32(self, params: torch.Tensor) -> torch.Tensor:
         """pedalboard's float32 coefficients (not differentiable), same shape as :meth:`coefficients`."""
         freq, q, gain = (t.detach().cpu().numpy() for t in self._section_values(params))
-        kinds = np.array([SECTION_KINDS[sec[0]] for sec in self._sections])
+        kinds = np.array([_biquad.SECTION_KINDS[sec[0]] for sec in self._sections])
         kinds = kinds.reshape((1, -1) + (1,) * (freq.ndim - 2))
-        c = torch.from_numpy(juce_coefficients_f32(kinds, self.sample_rate, freq, q, gain)).to(params.device)
+        c = torch.from_numpy(_biquad.juce_coefficients_f32(kinds, self.sample_rate, freq, q, gain)).to(params.device)
         return c if params.dim() == 2 else c.transpose(-1, -2)
 
     # ----- torch processing -------------------------------------------------------------------
@@ -116,13 +117,13 @@ class _BiquadEQ(Effect):
         c64 = self.coefficients(params)
         if mode == "train" and params.dim() == 2 and (
                 self.train_filter == "fs" or (self.train_filter == "auto" and x.device.type != "cpu")):
-            return fs_filter(x, c64)
+            return _biquad.fs_filter(x, c64)
         if x.dtype == torch.float32:
             c32 = self.coefficients_f32(params)
             # forward: pedalboard's float32 coefficients; backward: d(c64)/d(params)
             c = (c64 + (c32.to(torch.float64) - c64).detach()).to(torch.float32)
-            return biquad_cascade(x, c, block_size)
-        return biquad_cascade(x.to(torch.float64), c64, block_size).to(x.dtype)
+            return _biquad.biquad_cascade(x, c, block_size)
+        return _biquad.biquad_cascade(x.to(torch.float64), c64, block_size).to(x.dtype)
 
     # ----- export -----------------------------------------------------------------------------
     def biquad_sections(self, values: Mapping[str, float]) -> list[dict]:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import torch
-
+from ..lazy import torch
 from ..params import ParamSpec
 from .base import Effect, register
 

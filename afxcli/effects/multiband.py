@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from ..dsp.crossover import linkwitz_riley_split
 from ..errors import AfxError
+from ..lazy import lazy_module, torch
 from ..params import ParamSpec, max_freq_hz
 from .base import Effect, register
 from .dynamics import _db_to_gain, compressor_specs, gate_specs, juce_compressor, juce_noise_gate
+
+#: The Linkwitz-Riley crossover (torch), imported on first use.
+_crossover = lazy_module("afxcli.dsp.crossover")
 
 #: Lowest crossover frequency (Hz).
 MIN_CROSSOVER_HZ = 20.0
@@ -66,7 +67,7 @@ class _Multiband(Effect):
     def _split(self, x: torch.Tensor, params: torch.Tensor, block_size: int | None) -> torch.Tensor:
         """``(batch, channels, samples)`` -> ``(batch * n_bands, channels, samples)`` bands."""
         cross = params[:, : self.n_bands - 1].to(torch.float64)  # (batch, n-1[, blocks])
-        bands = linkwitz_riley_split(x, cross, self.sample_rate, block_size)  # (b, nb, c, n)
+        bands = _crossover.linkwitz_riley_split(x, cross, self.sample_rate, block_size)  # (b, nb, c, n)
         b, nb, c, n = bands.shape
         return bands.reshape(b * nb, c, n)
 

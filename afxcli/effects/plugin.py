@@ -73,9 +73,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from ..errors import AfxError
+from ..lazy import torch
 from ..params import ParamSpec, max_freq_hz
 from .base import Effect, Renderer, register
 
@@ -432,7 +432,7 @@ class VST3Effect(Effect):
         return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
 
     def __setstate__(self, state):
-        super().__setstate__(state)
+        self.__dict__.update(state)
         self._make_specs()
 
     # ----- rendering --------------------------------------------------------------------------

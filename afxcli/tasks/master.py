@@ -37,8 +37,12 @@ LOUDNESS_LABEL = "loudness"
 LIMITER_LABEL = "ceiling"
 
 
-#: Modules every mastering run needs, slowest first to import (torch ~2-4 s, scipy.signal ~1-3 s).
-PREFETCH_MODULES = ("scipy.signal", "pyloudnorm", "torch", "afxcli.effects.chain", "afxcli.render", "afxcli.tasks.refine")
+#: Modules every mastering run needs, slowest first to import (scipy.signal ~1-3 s). torch is not
+#: among them: the shipped model runs in NumPy and the effects render through pedalboard; only
+#: ``--refine`` (:data:`REFINE_MODULES`, prefetched when asked for), the report's feature distances
+#: and a model without its NumPy export import it.
+PREFETCH_MODULES = ("scipy.signal", "pyloudnorm", "afxcli.effects.chain", "afxcli.render")
+REFINE_MODULES = ("torch", "afxcli.tasks.refine")
 
 
 def prefetch_imports(modules: tuple[str, ...] = PREFETCH_MODULES) -> threading.Thread:
@@ -158,6 +162,8 @@ class MasterContext(ReferenceEmbedding):
         self.refine_steps = int(refine_steps)
         if self.refine_steps and self.ref_audio is None:
             raise AfxError("--refine needs --ref REF (it matches the reference's features)")
+        if self.refine_steps:
+            prefetch_imports(REFINE_MODULES)
         self.predictor = StylePredictor.load(resolve_model_path(model, "music")) if method == "model" else None
         if self.style_preset is not None and self.predictor is not None \
                 and self.style_preset.embedding.size != self.predictor.embed_dim:
@@ -292,8 +298,7 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
     fir, described, x, automation = None, {}, audio, None
     if ctx.method == "model":
         pred = ctx.predictor
-        # the analysis first: on the NumPy backend it needs neither the effects nor torch, whose
-        # import (prefetch_imports) goes on meanwhile in its own thread
+        # the analysis first (NumPy backend): the effects' import (prefetch_imports) goes on meanwhile
         if ctx.time_varying:
             q = frame_predictions(pred, audio, sr, ctx.reference_embedding())
         else:
