@@ -1,6 +1,7 @@
 """The NumPy forward pass of the style models (afxcli/nn/numpy_infer.py) equals the torch model."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -41,16 +42,23 @@ TINY_CONFIG = {"data": {"sample_rate": TINY_SR, "clip_samples": 32000},
                                 "hidden": [16, 8]}}
 
 
-@pytest.fixture(scope="module")
-def tiny_stats_model(tmp_path_factory):
+#: A second front end: a window of 8 hops (8 edge frames per analysis window), a mel floor.
+WIDE_FRONTEND = {"n_fft": 512, "hop_samples": 64, "n_mels": 40, "f_min_hz": 20.0, "batch_norm": False}
+
+
+@pytest.fixture(scope="module", params=["narrow", "wide"])
+def tiny_stats_model(tmp_path_factory, request):
     """A random tiny model of the shipped architecture (log-mel → stats → MLP), L2-normalized."""
     from afxcli.train.style import StyleTask
 
     torch.manual_seed(1)
+    config = json.loads(json.dumps(TINY_CONFIG))
+    if request.param == "wide":
+        config["task_options"]["frontend_options"] = dict(WIDE_FRONTEND)
     chain = Chain(STYLE_CHAIN, TINY_SR)
-    model = StyleTask.build_model(TINY_CONFIG, chain.spec)
-    path = tmp_path_factory.mktemp("tiny") / "tiny_stats.pt"
-    save_style_checkpoint(path, model, chain.spec, TINY_CONFIG)
+    model = StyleTask.build_model(config, chain.spec)
+    path = tmp_path_factory.mktemp("tiny") / f"tiny_stats_{request.param}.pt"
+    save_style_checkpoint(path, model, chain.spec, config)
     export_npz(path)
     return path
 
