@@ -263,10 +263,15 @@ class NumpyStyleModel:
         j = np.arange(f)
         inner = (j * hop - half >= 0) & (j * hop + half <= w)
         j_in, j_edge = j[inner], j[~inner]
-        # interior frames: positions in x (frame start sample); each distinct one transformed once
+        # interior frames: positions in x (frame start sample); each distinct one transformed once,
+        # ordered by (position mod hop, position): a window's interior frames are then consecutive
+        # rows (in a residue class every position between two of a window's frames is its own)
         pos = starts[:, None] + (j_in * hop - half)[None, :]                       # (win, f_in)
-        uniq, inv = np.unique(pos, return_inverse=True)
-        inv = inv.reshape(pos.shape)
+        uniq = np.unique(pos)
+        uniq = uniq[np.lexsort((uniq, uniq % hop))]
+        first = np.searchsorted(uniq % hop * (x.shape[-1] + 1) + uniq,
+                                pos[:, 0] % hop * (x.shape[-1] + 1) + pos[:, 0])    # (win,)
+        inv = first[:, None] + np.arange(j_in.size)[None, :]                        # (win, f_in)
         level_u = np.empty(uniq.size)
         glevel_u = np.empty((uniq.size, self.n_groups))
         power_u = np.empty((uniq.size, self.n_bins))
@@ -276,19 +281,22 @@ class NumpyStyleModel:
             p = self._mel_power(x[idx])
             power_u[a:a + step] = p
             level_u[a:a + step], glevel_u[a:a + step] = self._frame_summaries(p)
+        # edge frames read the window's own zero padding: per window, only those samples
+        e_idx = starts[:, None, None] + (j_edge * hop - half)[None, :, None] + np.arange(self.n_fft)[None, None, :]
+        inside = (e_idx >= starts[:, None, None]) & (e_idx < starts[:, None, None] + w)
+        edge_frames = np.where(inside, x[np.clip(e_idx, 0, x.shape[-1] - 1)], np.float32(0.0))
+        p_edge = self._mel_power(edge_frames)                                    # (win, f_edge, bins)
+        l_edge, g_edge = self._frame_summaries(p_edge)
         out = []
         for b0 in range(0, starts.size, WINDOW_BATCH):
             sl = slice(b0, b0 + WINDOW_BATCH)
             nb = starts[sl].size
-            # edge frames read the window's own zero padding: per window
-            edge_frames = np.stack([self._clip_frames(x[s:s + w], j_edge) for s in starts[sl]])
-            p_edge = self._mel_power(edge_frames)                                # (nb, f_edge, bins)
-            l_edge, g_edge = self._frame_summaries(p_edge)
             level = np.empty((nb, f))
             g_level = np.empty((nb, f, self.n_groups))
-            level[:, inner], level[:, ~inner] = level_u[inv[sl]], l_edge
-            g_level[:, inner], g_level[:, ~inner] = glevel_u[inv[sl]], g_edge
-            p_sum = power_u[inv[sl]].sum(axis=1) + p_edge.sum(axis=1)            # (nb, bins)
+            level[:, inner], level[:, ~inner] = level_u[inv[sl]], l_edge[sl]
+            g_level[:, inner], g_level[:, ~inner] = glevel_u[inv[sl]], g_edge[sl]
+            # a window's interior frames are consecutive rows: summed as a slice, no gather
+            p_sum = np.stack([power_u[i0:i0 + j_in.size].sum(axis=0) for i0 in inv[sl, 0]]) + p_edge[sl].sum(axis=1)
             out.append(self._stats_from_frames(p_sum, level, g_level.transpose(0, 2, 1), f))
         return np.concatenate(out)
 
