@@ -395,7 +395,7 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
     from ..audio import read_audio, write_audio
     from .loudness import fast_lufs as measure_lufs
     from ..trace import ParameterTrace, units_of
-    from .report import levels, plot_master, smoothed_spectrum_db, write_report
+    from .report import _finite, crest_db, levels, plot_master, smoothed_spectrum_db, write_report
 
     t0 = time.perf_counter()
     audio, sr = ctx.take_read_ahead(input_path) or read_audio(input_path)
@@ -446,6 +446,7 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         from .refine import recording_features
 
         out_features = side.submit(recording_features, y, sr, feature_hz)  # while the file is written
+    out_crest = side.submit(crest_db, y)  # while the file is written
     write_audio(output_path, y, sr)
     t_render = time.perf_counter()
 
@@ -465,7 +466,7 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         "input": {"file": str(input_path), **in_levels.result()},
         "output": {"file": str(output_path), "lufs": round(loud.output_lufs, 4),
                    "true_peak_dbtp": round(loud.true_peak_dbtp, 4),
-                   "crest_db": levels(y, sr, lufs_value=loud.output_lufs, true_peak=loud.true_peak_dbtp)["crest_db"]},
+                   "crest_db": _finite(out_crest.result())},
         "reference": ref_levels.result() if ref_levels is not None else None,
         "sample_rate": sr, "channels": int(audio.shape[0]), "seconds": round(audio.shape[1] / sr, 4),
         "method": ctx.method,
