@@ -6,7 +6,7 @@ Input: a 180 s 44.1 kHz stereo file, the ``music_multitrack`` validation mixes c
 ``--ref-seconds`` of the first ``music_mastered`` validation track (or generated).
 
 Each run is a fresh process (model/library loading included, like ``/usr/bin/time``):
-``afx master IN --ref REF -o OUT`` (``.venv/bin/afx``; ``--method``/``--model`` passed through) and
+``afx master IN --ref REF -o OUT`` (``.venv/bin/afx``; ``--method``/``--model``/``--static`` passed through) and
 ``python -c "import matchering; matchering.process(...)"`` in Matchering's own venv
 (``--matchering-python``). Wall time is ``time.perf_counter`` around the subprocess; peak memory is
 the child's maximum resident set size from ``os.wait4`` (its ``ru_maxrss``, KiB on Linux, printed in
@@ -111,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--method", default="auto", help="afx master --method")
     p.add_argument("--model", default=None, help="afx master --model")
+    p.add_argument("--static", action="store_true", help="afx master --static (one setting, no automation)")
     p.add_argument("--afx", default=str(ROOT / ".venv" / "bin" / "afx"))
     p.add_argument("--matchering-python", default=DEFAULT_MATCHERING_PYTHON)
     args = p.parse_args(argv)
@@ -128,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         write_audio(inp, x, SAMPLE_RATE)
         write_audio(refp, ref, SAMPLE_RATE)
         afx_cmd = [args.afx, "master", str(inp), "--ref", str(refp), "-o", str(d / "afx.wav"),
-                   "--method", args.method] + (["--model", args.model] if args.model else [])
+                   "--method", args.method] + (["--model", args.model] if args.model else []) \
+            + (["--static"] if args.static else [])
         mg_cmd = [args.matchering_python, "-c", MATCHERING_SNIPPET, str(inp), str(refp), str(d / "mg.wav")]
         have_mg = Path(args.matchering_python).exists()
         print(f"input: {x.shape[1] / SAMPLE_RATE:g} s {x.shape[0]} ch {SAMPLE_RATE} Hz; reference "

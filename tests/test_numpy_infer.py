@@ -124,6 +124,13 @@ def test_shipped_music_model_numpy_equals_torch(channels, sr):
     np.testing.assert_allclose(f_n, f_t, atol=1e-5, rtol=0)
     q_n, q_t = np_pred.predict_normalized(f_n, e_n), t_pred.predict_normalized(f_t, e_t)
     np.testing.assert_allclose(q_n, q_t, atol=1e-5, rtol=0)
+    from afxcli.tasks.master import master_chain_spec
+
+    longer = Chain(master_chain_spec(Chain(np_pred.chain_spec, sr).spec["effects"], -1.0), sr)  # + gain, limiter
+    got, want = np_pred.values(q_n[2], longer), t_pred.values(q_n[2], longer)
+    assert len(got) == len(want) == 3
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-12, abs=1e-12) for k in a)
     chain = Chain(np_pred.chain_spec, sr)
     frames = np_pred.values_frames(q_n, chain)
     for j in (0, 5, 11):
@@ -174,9 +181,10 @@ def test_shipped_models_have_a_matching_numpy_export(domain):
     assert nm.n_params == Chain(nm.chain_spec, nm.sample_rate).n_free
 
 
-def test_master_imports_no_torch(tmp_path):
-    """With the shipped model's npz, ``afx master IN --ref REF -o OUT`` (time-varying default) runs
-    without importing torch (fresh interpreter); the output holds the ceiling."""
+@pytest.mark.parametrize("extra", [[], ["--static"]])
+def test_master_imports_no_torch(tmp_path, extra):
+    """With the shipped model's npz, ``afx master IN --ref REF -o OUT`` (time-varying default, or
+    ``--static``) runs without importing torch (fresh interpreter); the output holds the ceiling."""
     import subprocess
     import sys
 
@@ -191,7 +199,7 @@ def test_master_imports_no_torch(tmp_path):
     code = ("import sys\n"
             "from afxcli.cli import main\n"
             f"rc = main(['--quiet', 'master', {str(tmp_path / 'in.wav')!r}, '--ref', {str(tmp_path / 'ref.wav')!r}, "
-            f"'-o', {str(tmp_path / 'out.wav')!r}])\n"
+            f"'-o', {str(tmp_path / 'out.wav')!r}, *{extra!r}])\n"
             "print(rc, 'torch' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]

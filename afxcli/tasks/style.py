@@ -255,7 +255,8 @@ class StylePredictor:
 
     def values_frames(self, q: np.ndarray, chain) -> dict[str, np.ndarray]:
         """Normalized ``q`` ``(n_frames, n_free)`` → ``{"<label>.<param>": (n_frames,)}`` physical
-        values for ``chain`` (the model's chain at the file's rate) in chain order: each free
+        values for ``chain`` (the model's chain at the file's rate; effects after the model's, as
+        ``afx master`` appends, are left out) in chain order: each free
         parameter denormalized with its spec at the model rate (BE-AFX eqs. 7-8), the others at
         their fixed/default values, then clipped into ``chain``'s ranges."""
         mc = self.model_chain
@@ -275,7 +276,7 @@ class StylePredictor:
         if self.numpy_model is not None:
             flat = self.values_frames(np.asarray(q)[None], chain)
             return [{n: float(flat[f"{lab}.{n}"][0]) for n in fx.param_names}
-                    for lab, fx in zip(chain.labels, chain.effects)]
+                    for lab, fx, _ in zip(chain.labels, chain.effects, self.model_chain.effects)]
         import torch
 
         with torch.no_grad():
