@@ -472,7 +472,7 @@ def master(
     reports = _side_paths(report, outs, "--report", ".report.json")
     plots = _side_paths(plot, outs, "--plot", ".png")
     traces = _side_paths(trace, outs, "--trace", ".trace.json")
-    prefetch_imports()  # torch/scipy load while the reference and the first input are read
+    prefetch_imports()  # scipy and the effects load while the reference and the first input are read
     ctx = MasterContext(ref=ref, preset=preset, lufs=lufs, ceiling=ceiling, method=method, model=model,
                         refine_steps=refine_steps, time_varying=time_varying,
                         read_ahead=files[0] if files else None)

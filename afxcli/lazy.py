@@ -34,8 +34,8 @@ def lazy_module(name: str) -> LazyModule:
 
 def is_tensor(x: Any) -> bool:
     """``isinstance(x, torch.Tensor)`` without importing torch (no tensor exists before it is)."""
-    t = sys.modules.get("torch")
-    return t is not None and isinstance(x, t.Tensor)
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)  # None also while torch is half-imported
+    return tensor is not None and isinstance(x, tensor)
 
 
 torch = lazy_module("torch")

@@ -1,6 +1,8 @@
 """The contract every afx effect follows.
 
-An effect is a ``torch.nn.Module`` built for one sample rate with structural ``options`` (e.g. the
+An effect is an object called like a ``torch.nn.Module`` (it holds no weights, so it is a plain
+object, and torch is imported only when its torch form first runs: building effects and rendering
+their pedalboard twins needs no torch), built for one sample rate with structural ``options`` (e.g. the
 number of EQ peaks). Its parameters are declared once, as :class:`~afxcli.params.ParamSpec` objects,
 in a fixed order. The torch form processes ``x`` of shape ``(batch, channels, samples)`` with
 physical-unit parameters shaped either

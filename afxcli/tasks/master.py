@@ -39,10 +39,18 @@ LIMITER_LABEL = "ceiling"
 
 #: Modules every mastering run needs, slowest first to import (scipy.signal ~1-3 s). torch is not
 #: among them: the shipped model runs in NumPy and the effects render through pedalboard; only
-#: ``--refine`` (:data:`REFINE_MODULES`, prefetched when asked for), the report's feature distances
-#: and a model without its NumPy export import it.
+#: ``--refine``, the report's feature distances and a model without its NumPy export import it,
+#: and always in the main thread (:func:`import_torch_here`): scipy's array-API checks look torch
+#: up in ``sys.modules`` and fail on a half-imported one that another thread is still importing.
 PREFETCH_MODULES = ("scipy.signal", "pyloudnorm", "afxcli.effects.chain", "afxcli.render")
-REFINE_MODULES = ("torch", "afxcli.tasks.refine")
+
+
+def import_torch_here() -> None:
+    """Import torch (and the refinement module) in the calling thread, before any side thread
+    may need it."""
+    import importlib
+
+    importlib.import_module("afxcli.tasks.refine")
 
 
 def prefetch_imports(modules: tuple[str, ...] = PREFETCH_MODULES) -> threading.Thread:
@@ -163,7 +171,7 @@ class MasterContext(ReferenceEmbedding):
         if self.refine_steps and self.ref_audio is None:
             raise AfxError("--refine needs --ref REF (it matches the reference's features)")
         if self.refine_steps:
-            prefetch_imports(REFINE_MODULES)
+            import_torch_here()
         self.predictor = StylePredictor.load(resolve_model_path(model, "music")) if method == "model" else None
         if self.style_preset is not None and self.predictor is not None \
                 and self.style_preset.embedding.size != self.predictor.embed_dim:
@@ -418,6 +426,8 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
                             true_peak=None if full_report else float("nan"))  # nan: not measured
     ref_levels = side.submit(ctx.reference_levels) if full_report else None
     feature_hz = 0.95 * min(sr, ctx.ref_sr) / 2 if ctx.ref_audio is not None and full_report else None
+    if feature_hz is not None:
+        import_torch_here()  # the feature distances (torch) run in the side thread
     features = (side.submit(_input_and_reference_features, audio, sr, ctx, feature_hz)
                 if feature_hz is not None else None)
     if ctx.method != "model":
