@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=50, help="style_eval pairs for the card")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=str(ROOT / "models"))
+    ap.add_argument("--note", action="append", default=[], help="a line for the card's notes (repeatable)")
     args = ap.parse_args(argv)
 
     run = Path(args.run)
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [names] if isinstance(names, str) else list(names)
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     step_times = [e["time_s"] for e in log if "time_s" in e]
+    opts = cfg["task_options"]
+    time_weight = float((opts.get("loss_options") or {}).get("time_weight", 100.0))
+    loss_text = f"{opts.get('loss', 'mrstft')}" + (f" + {time_weight:g}·MAE" if time_weight else " (no time-domain term)")
+    fe = opts.get("frontend_options") or {}
     card = {
         "model": f"style_{args.domain}",
         "file": weights.name, "sha256": sha, "bytes": weights.stat().st_size,
@@ -85,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         "method": "DeepAFx-ST self-supervised production style transfer (Steinmetz et al., JAES 2022, §2.1): "
                   "one clip, two random styles, halves swapped; shared-weight analyzer (log-mel → "
                   "production statistics → learned projection) on input and reference → controller MLP → "
-                  "22 chain parameters; loss MR-STFT + 100·MAE through the chain's torch twins (AD).",
+                  f"22 chain parameters; loss {loss_text} through the chain's torch twins (AD).",
+        "analyzer": {"frontend": opts.get("frontend"), "frontend_options": fe, "encoder": opts.get("encoder"),
+                     "encoder_options": opts.get("encoder_options") or {}, "controller_hidden": opts.get("hidden")},
         "chain": data["chain_spec"],
         "data": {
             "corpora": {n: datasets.summary(n) for n in names},
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": cfg["batch_size"], "lr": cfg["lr"], "schedule": cfg["schedule"],
             "seconds_per_step_mean": round(sum(step_times) / len(step_times), 4) if step_times else None,
             "hardware": "2 CPU cores (no GPU)",
+            "validation_curve": [{"step": e["step"], "val_loss": round(e["val_loss"], 5)} for e in log if "val_loss" in e],
         },
         "evaluation": {
             "benchmark": f".venv/bin/python benchmarks/style_eval.py --domains {args.domain} --n {args.n} "
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(eval_s, 1),
         },
     }
+    if args.note:
+        card["notes"] = list(args.note)
     card_path = out_dir / f"style_{args.domain}.json"
     write_json_atomic(card_path, card)
     print(f"shipped {weights} ({weights.stat().st_size / 1e6:.2f} MB, step {ship['step']}), {npz} and {card_path}",
