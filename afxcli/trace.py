@@ -123,23 +123,24 @@ class ParameterTrace:
         :class:`~afxcli.params.ParamSpec` (keys without a spec are smoothed linearly).
         ``cutoff_hz`` is the parameter-change bandwidth; at or above the frame rate's Nyquist
         it is a no-op."""
-        from scipy.signal import butter, sosfiltfilt
+        from .filters import rbj_low_pass, sosfiltfilt_odd
 
         frame_rate = self.sample_rate / self.hop
         n = self.n_frames
         if n < 4 or cutoff_hz >= 0.5 * frame_rate:
             return self.copy()
-        sos = butter(2, cutoff_hz / (0.5 * frame_rate), output="sos")
-        out = {}
-        for k, a in self.params.items():
-            spec = specs.get(k)
-            if np.all(a == a[0]):
-                out[k] = a.copy()
-                continue
-            u = spec.normalize(a) if spec is not None else a
-            pad = min(n - 1, 3 * 6)
-            v = sosfiltfilt(sos, u, padlen=pad)
-            out[k] = spec.denormalize(v) if spec is not None else v
+        # scipy.signal.butter(2, ·, output="sos") and sosfiltfilt(padlen=pad) without scipy.signal:
+        # the Butterworth is the cookbook lowpass with Q = 1/√2 (afxcli.filters; equal, tests)
+        sos = rbj_low_pass(frame_rate, cutoff_hz)
+        out = {k: a.copy() for k, a in self.params.items()}
+        moving = [k for k, a in self.params.items() if not np.all(a == a[0])]
+        if moving:
+            u = np.stack([specs[k].normalize(self.params[k]) if specs.get(k) is not None else self.params[k]
+                          for k in moving])
+            v = sosfiltfilt_odd(sos, u, padlen=min(n - 1, 3 * 6))
+            for k, row in zip(moving, v):
+                spec = specs.get(k)
+                out[k] = spec.denormalize(row) if spec is not None else row
         return ParameterTrace(self.chain, self.sample_rate, self.hop, out, self.n_samples, dict(self.units))
 
     def to_blocks(self, block_size: int, sample_rate: float | None = None,

@@ -184,7 +184,8 @@ def test_shipped_models_have_a_matching_numpy_export(domain):
 @pytest.mark.parametrize("extra", [[], ["--static"]])
 def test_master_imports_no_torch(tmp_path, extra):
     """With the shipped model's npz, ``afx master IN --ref REF -o OUT`` (time-varying default, or
-    ``--static``) runs without importing torch (fresh interpreter); the output holds the ceiling."""
+    ``--static``) runs without importing torch or scipy.signal (fresh interpreter); the output
+    holds the ceiling."""
     import subprocess
     import sys
 
@@ -200,9 +201,40 @@ def test_master_imports_no_torch(tmp_path, extra):
             "from afxcli.cli import main\n"
             f"rc = main(['--quiet', 'master', {str(tmp_path / 'in.wav')!r}, '--ref', {str(tmp_path / 'ref.wav')!r}, "
             f"'-o', {str(tmp_path / 'out.wav')!r}, *{extra!r}])\n"
-            "print(rc, 'torch' in sys.modules)\n")
+            "print(rc, 'torch' in sys.modules, 'scipy.signal' in sys.modules, 'pyloudnorm' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split()[-2:] == ["0", "False"]
+    assert r.stdout.split()[-4:] == ["0", "False", "False", "False"]
     y, sr = sf.read(str(tmp_path / "out.wav"), always_2d=True)
     assert y.shape == (7 * 44100, 2) and true_peak_dbtp(y.T, sr) <= -1.0
+
+
+def test_prediction_hop_is_whole_frames_and_windows_share_the_grid(tiny_stats_model, monkeypatch):
+    """The frame-wise prediction hop is the whole number of front-end frames nearest the target;
+    every analysis window then starts on one phase of the frame grid (the last ones, clipped to the
+    file's end, share one other start), and the NumPy frame embeddings at that hop still equal the
+    torch analyzer window by window."""
+    from afxcli.tasks.master import prediction_hop
+
+    np_pred, t_pred = _both(tiny_stats_model)
+    fh = np_pred.frame_hop_samples
+    assert fh == t_pred.frame_hop_samples == 64
+    hop = np_pred.prediction_hop_samples(0.713)          # 0.713 s = 178.25 frames of 64 at 16 kHz
+    assert hop == t_pred.prediction_hop_samples(0.713) == 178 * 64
+    assert np_pred.prediction_hop_samples(1e-6) == fh     # at least one frame
+    assert prediction_hop(np_pred) == (np_pred.prediction_hop_samples(1.0), float(TINY_SR))
+    seen = []
+    orig = np_pred.numpy_model.window_embeddings
+
+    def spy(x, starts, window):
+        seen.append(np.asarray(starts))
+        return orig(x, starts, window)
+
+    monkeypatch.setattr(np_pred.numpy_model, "window_embeddings", spy)
+    x = music(9.1, 44100, 4, 2)
+    f_n, _ = np_pred.embed_frames(x, 44100, hop / TINY_SR)
+    f_t, _ = t_pred.embed_frames(x, 44100, hop / TINY_SR)
+    np.testing.assert_allclose(f_n, f_t, atol=1e-5, rtol=0)
+    starts = seen[0]
+    inner = starts[starts < starts.max()]
+    assert inner.size >= 5 and len(set((inner % fh).tolist())) == 1

@@ -186,8 +186,8 @@ def test_predictor_frame_embeddings_follow_the_music(model_path):
     assert np.all(np.isfinite(e))
     assert np.linalg.norm(e[0] - e[-1]) > np.linalg.norm(e[-1] - e[-2]) > 0  # halves differ more than neighbours
     # frame j is the analyzer on the model-rate window centred at (j + 0.5)·hop, clipped to the file
-    from afxcli.audio import resample
-    xm = torch.from_numpy(resample(x.mean(axis=0, keepdims=True), sr, MODEL_SR))
+    from afxcli.audio import resample_for_analysis
+    xm = torch.from_numpy(resample_for_analysis(x.mean(axis=0, keepdims=True), sr, MODEL_SR))
     w = pred.window_samples
     with torch.no_grad():
         first = pred.model.analyzer(xm[None, :, :w])[0].numpy()

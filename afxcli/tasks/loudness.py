@@ -46,6 +46,12 @@ LIMITER_MARGIN_DB = 0.1
 PROXY_MIN_SECONDS = 60.0
 PROXY_CHUNKS = 8
 PROXY_CHUNK_SECONDS = 4.0
+#: BS.1770-4 gating block (s) and overlap (pyloudnorm's defaults).
+GATE_BLOCK_SECONDS = 0.4
+GATE_OVERLAP = 0.75
+#: Block of the exact K-weighting recursion (samples) and chunk the filter state is carried over.
+K_WEIGHTING_BLOCK = 16
+K_WEIGHTING_CHUNK = 1 << 14
 
 
 def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:
@@ -82,8 +88,7 @@ def block_energies(audio: np.ndarray, sample_rate: float) -> np.ndarray | None:
     """K-weighted, channel-weighted mean square per 400 ms gating block (75 % overlap) of ``audio``
     ``(channels, samples)``: ``(blocks,)`` float64 (``Σ_i G_i z_ij`` of BS.1770-4 eq. 2), or ``None``
     when shorter than one block. :func:`gated_lufs` turns it into integrated loudness."""
-    import pyloudnorm
-    from scipy.signal import sosfilt
+    from ..filters import BlockIIR, k_weighting_sos
 
     a = np.asarray(audio)
     if a.dtype not in (np.float32, np.float64):
@@ -91,28 +96,34 @@ def block_energies(audio: np.ndarray, sample_rate: float) -> np.ndarray | None:
     if a.ndim == 1:
         a = a[None]
     sr = float(sample_rate)
-    meter = pyloudnorm.Meter(int(round(sr)) if sr.is_integer() else sr)
-    t_g = meter.block_size
+    t_g = GATE_BLOCK_SECONDS
     if a.shape[1] < int(round(t_g * sr)) + 1:
         return None
     if a.shape[0] > 5:
         raise AfxError(f"loudness: at most 5 channels, got {a.shape[0]}")
-    # the two K-weighting biquads (pre-filter shelf, RLB high-pass) as one second-order-sections
-    # cascade in float64 (the same filter as pyloudnorm's two lfilter passes), run over chunks
-    # with the filter state carried across them (exact) so that each chunk's float64 copy and
-    # its squares stay in cache; channel weights G = 1.0 (L, R, C), 1.41 (surrounds): every later
-    # step uses only the weighted energy Σ_i G_i y_i²
-    sos = np.stack([np.concatenate([flt.b * flt.passband_gain, flt.a]) for flt in meter._filters.values()])
+    # the two K-weighting biquads (pre-filter shelf, RLB high pass; pyloudnorm's design at this rate,
+    # :func:`afxcli.filters.k_weighting_sos`) one after the other in float64, exact block recursions
+    # (:class:`afxcli.filters.BlockIIR`, = scipy's sosfilt to ≤ 1e-8 of the peak) over chunks with the
+    # state carried across them so that each chunk's float64 copy and its squares stay in cache;
+    # channel weights G = 1.0 (L, R, C), 1.41 (surrounds): every later step uses only the weighted
+    # energy Σ_i G_i y_i²
+    sections = [BlockIIR(s[:3], s[3:], K_WEIGHTING_BLOCK) for s in k_weighting_sos(sr)]
+    states = [f.zero_state(a.shape[0]) for f in sections]
     n = a.shape[1]
     g = np.array([1.0, 1.0, 1.0, 1.41, 1.41])[: a.shape[0]]
     e = np.empty(n, np.float64)
-    zi = np.zeros((sos.shape[0], a.shape[0], 2))
-    chunk = 1 << 16
+    chunk = K_WEIGHTING_CHUNK
     for s in range(0, n, chunk):
-        yc, zi = sosfilt(sos, a[:, s:s + chunk].astype(np.float64), axis=1, zi=zi)
+        yc = a[:, s:s + chunk].astype(np.float64)
+        m = yc.shape[1]
+        if m % K_WEIGHTING_BLOCK:  # the last chunk: zeros to a whole block (their outputs are dropped)
+            yc = np.pad(yc, ((0, 0), (0, -m % K_WEIGHTING_BLOCK)))
+        for i, f in enumerate(sections):
+            yc, states[i] = f.process(yc, states[i])
+        yc = yc[:, :m]
         np.square(yc, out=yc)
-        np.dot(g, yc, out=e[s:s + chunk])
-    step = 1.0 - meter.overlap
+        np.dot(g, yc, out=e[s:s + m])
+    step = 1.0 - GATE_OVERLAP
     n_blocks = int(np.round(((n / sr - t_g) / (t_g * step)))) + 1
     j = np.arange(n_blocks)
     lo = (t_g * (j * step) * sr).astype(np.int64)
@@ -142,7 +153,8 @@ def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
 
     from scipy import fft as sfft
 
-    from ..metrics import _true_peak_filter, true_peak_oversampling
+    from ..filters import kaiser_lowpass
+    from ..metrics import TRUE_PEAK_KAISER_BETA, TRUE_PEAK_TAPS_PER_PHASE, true_peak_oversampling
 
     a = np.asarray(audio, dtype=np.float32)
     if a.ndim == 1:
@@ -151,7 +163,8 @@ def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
     factor = true_peak_oversampling(sample_rate)
     if factor == 1 or sp == 0.0:
         return 20.0 * math.log10(sp) if sp > 0 else float("-inf")
-    h = _true_peak_filter(factor) * factor
+    # the interpolation filter of afxcli.metrics._true_peak_filter (scipy's firwin; equal, tests)
+    h = kaiser_lowpass(2 * TRUE_PEAK_TAPS_PER_PHASE * factor + 1, 1.0 / factor, TRUE_PEAK_KAISER_BETA) * factor
     if (h.size - 1) % (2 * factor):
         raise AfxError("internal: true-peak filter length does not fit the polyphase split")
     delay = (h.size - 1) // (2 * factor)

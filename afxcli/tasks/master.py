@@ -37,12 +37,14 @@ LOUDNESS_LABEL = "loudness"
 LIMITER_LABEL = "ceiling"
 
 
-#: Modules every mastering run needs, slowest first to import (scipy.signal ~1-3 s). torch is not
+#: Modules every mastering run needs, slowest first to import. No ``scipy.signal`` (~1–1.5 s) on
+#: the default path: K-weighting, trace smoothing and the true-peak filter are
+#: :mod:`afxcli.filters`, the analysis resampling is soxr. torch is not
 #: among them: the shipped model runs in NumPy and the effects render through pedalboard; only
 #: ``--refine``, the report's feature distances and a model without its NumPy export import it,
 #: and always in the main thread (:func:`import_torch_here`): scipy's array-API checks look torch
 #: up in ``sys.modules`` and fail on a half-imported one that another thread is still importing.
-PREFETCH_MODULES = ("scipy.signal", "pyloudnorm", "afxcli.effects.chain", "afxcli.render")
+PREFETCH_MODULES = ("afxcli.effects.chain", "afxcli.render", "soxr")
 
 
 def import_torch_here() -> None:
@@ -255,7 +257,9 @@ def _read_in_thread(path: Path):
     return done, box
 
 
-#: Time-varying mastering (``--time-varying``): frame hop of the predictions (s) and the cutoff of
+#: Time-varying mastering (``--time-varying``): frame hop of the predictions (s; the model's
+#: :meth:`~afxcli.tasks.style.StylePredictor.prediction_hop_samples` nearest to it, a whole number
+#: of front-end frames, is used: :func:`prediction_hop`) and the cutoff of
 #: the DeepAFx zero-phase lowpass that smooths them into automation (Hz; 0.2 Hz keeps changes
 #: to the scale of song sections, ~5 s, so the chain never "pumps" with the beat).
 AUTOMATION_HOP_SECONDS = 1.0
@@ -283,17 +287,26 @@ def model_automation(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray
         model_effects = normalize_spec(pred.chain_spec)["effects"]
     chain = Chain({"effects": model_effects}, sr)
     params = pred.values_frames(q, chain)                               # {key: (frames,)}
-    hop = int(round(AUTOMATION_HOP_SECONDS * sr))
-    tr = ParameterTrace(chain.spec, sr, hop, params, int(audio.shape[1]), units_of(chain))
+    # frame k of the predictions covers [k·hop, (k + 1)·hop) at the model rate (exact: a whole
+    # number of model samples); to_blocks places the frames in time at the file's rate
+    hop_model, model_sr = prediction_hop(pred)
+    tr = ParameterTrace(chain.spec, model_sr, hop_model, params, None, units_of(chain))
     specs = trace_specs(chain)
     blocks = tr.smoothed(specs, AUTOMATION_CUTOFF_HZ).to_blocks(AUTOMATION_BLOCK, sr, specs, int(audio.shape[1]))
     return blocks, chain
 
 
+def prediction_hop(pred) -> tuple[int, float]:
+    """``(hop samples, model sample rate)`` of the frame-wise predictions: the whole number of the
+    model's front-end frames nearest :data:`AUTOMATION_HOP_SECONDS`."""
+    return pred.prediction_hop_samples(AUTOMATION_HOP_SECONDS), float(pred.sample_rate)
+
+
 def frame_predictions(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray) -> np.ndarray:
-    """Normalized predictions ``(frames, n_free)`` of ``pred`` every :data:`AUTOMATION_HOP_SECONDS`
-    for ``audio`` against ``ref_embedding`` (no effect or torch import on the NumPy backend)."""
-    e, _ = pred.embed_frames(audio, sr, AUTOMATION_HOP_SECONDS)
+    """Normalized predictions ``(frames, n_free)`` of ``pred`` every :func:`prediction_hop` for
+    ``audio`` against ``ref_embedding`` (no effect or torch import on the NumPy backend)."""
+    hop_model, model_sr = prediction_hop(pred)
+    e, _ = pred.embed_frames(audio, sr, hop_model / model_sr)
     return pred.predict_normalized(e, ref_embedding)
 
 
@@ -496,7 +509,10 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
                                          "output": round(float(distance(out_features.result(), ref_f)), 4)}
     if automation is not None:  # the report gives each automated parameter's range
         report["chain"]["automation"] = {
-            "hop_seconds": AUTOMATION_HOP_SECONDS, "smoothing_cutoff_hz": AUTOMATION_CUTOFF_HZ,
+            "hop_seconds": prediction_hop(ctx.predictor)[0] / prediction_hop(ctx.predictor)[1],
+            "hop_model_samples": prediction_hop(ctx.predictor)[0],
+            "model_sample_rate": prediction_hop(ctx.predictor)[1],
+            "smoothing_cutoff_hz": AUTOMATION_CUTOFF_HZ,
             "ranges": {k: [round(float(a.min()), 4), round(float(a.max()), 4)]
                        for k, a in automation.params.items() if not np.all(a == a[0])}}
     if trace_path is not None:
@@ -509,7 +525,9 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         tr.n_samples = int(audio.shape[1])
         tr.description = (f"afx master ({ctx.method}) of {Path(input_path).name}"
                           + (" after a matched FIR EQ that is not part of this chain" if fir is not None else "")
-                          + (f"; automation in blocks of {automation.hop} samples: render with --block-size "
+                          + (f"; model predictions every {prediction_hop(ctx.predictor)[0]} samples at "
+                             f"{prediction_hop(ctx.predictor)[1]:g} Hz, smoothed and resampled to "
+                             f"automation in blocks of {automation.hop} samples: render with --block-size "
                              f"{automation.hop} to reproduce it exactly" if automation is not None else ""))
         tr.save(trace_path)
         report["trace"] = str(trace_path)

@@ -173,7 +173,7 @@ class StylePredictor:
         """Style embedding ``(embed_dim,)`` of a whole recording ``(channels, samples)``: resampled
         to the model rate, analyzed by windows and averaged (at most :data:`MAX_WINDOWS` windows,
         evenly spread over a long file)."""
-        from ..audio import resample
+        from ..audio import resample_for_analysis as resample
 
         a = np.asarray(audio, dtype=np.float32)
         if self._mono_analysis() and a.shape[0] > 1:
@@ -196,6 +196,22 @@ class StylePredictor:
                                                    self.window_samples)
         return e[0].numpy().astype(np.float64)
 
+    @property
+    def frame_hop_samples(self) -> int:
+        """Hop of the model's front end (samples at :attr:`sample_rate`)."""
+        if self.numpy_model is not None:
+            return int(self.numpy_model.hop)
+        return int(getattr(self._model.analyzer.frontend, "hop_samples", 1))
+
+    def prediction_hop_samples(self, target_seconds: float) -> int:
+        """The hop (samples at the model rate) of frame-wise predictions nearest ``target_seconds``
+        that is a whole number of front-end frames (at least one): analysis windows that start on
+        the front end's frame grid share every interior frame, which the NumPy backend then
+        transforms once (e.g. 1 s at 24 kHz with a 256-sample hop: 94 × 256 = 24064 samples,
+        1.00267 s, instead of 1 s = 93.75 hops, whose windows fall on four grid phases)."""
+        hop = self.frame_hop_samples
+        return max(1, int(round(float(target_seconds) * self.sample_rate / hop))) * hop
+
     def embed_frames(self, audio: np.ndarray, sample_rate: float, hop_seconds: float,
                      max_batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Frame-wise style embeddings of a recording ``(channels, samples)``: one analysis window
@@ -205,7 +221,7 @@ class StylePredictor:
         ceil(duration / hop_seconds)``, frame ``j`` centered at ``(j + 0.5) · hop_seconds``
         (the :class:`~afxcli.trace.ParameterTrace` convention). The NumPy backend transforms the
         frames that overlapping windows share once (:mod:`afxcli.nn.numpy_infer`)."""
-        from ..audio import resample
+        from ..audio import resample_for_analysis as resample
 
         if not hop_seconds > 0:
             raise AfxError(f"frame hop must be > 0 s, got {hop_seconds}")
