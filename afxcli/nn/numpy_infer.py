@@ -174,6 +174,7 @@ class NumpyStyleModel:
             raise AfxError("numpy style model: mel basis does not fit n_fft / n_bins")
         self.window32 = arrays["frontend.window"].astype(np.float32)
         self.mel_pairs = np.repeat(arrays["frontend.mel_basis"].astype(np.float32), 2, axis=1)
+        self.mel_segments = _mel_segments(self.mel_pairs)
         # band groups of torch.tensor_split: the first (bins mod groups) groups are one bin wider
         bounds = np.cumsum([0] + [len(g) for g in np.array_split(np.arange(self.n_bins), self.n_groups)])
         self.group_bounds = bounds
@@ -183,16 +184,22 @@ class NumpyStyleModel:
         """Frames ``(..., n_fft)`` → clamped mel power ``(..., n_bins)`` float64. The transform and
         the mel sum run in float32 like the torch front end: ``|X_f|² = Re² + Im²`` is folded into
         the mel product (the spectrum viewed as interleaved ``(Re, Im)`` pairs, squared in place,
-        times the mel basis with each column repeated twice)."""
+        times the mel basis with each column repeated twice). The mel basis is sparse (each
+        triangle covers a few bins): the product runs over its nonzero blocks only
+        (:func:`_mel_segments`; the same sums as the dense product, in another float32 order)."""
         import os
 
         from scipy import fft as sfft
 
-        spec = sfft.rfft((frames * self.window32).astype(np.float32, copy=False), axis=-1,
-                         workers=os.cpu_count() or 1)
-        v = spec.view(np.float32)                                   # (..., 2 * (n_fft/2 + 1))
+        lead = frames.shape[:-1]
+        spec = sfft.rfft((frames.reshape(-1, frames.shape[-1]) * self.window32).astype(np.float32, copy=False),
+                         axis=-1, workers=os.cpu_count() or 1)
+        v = spec.view(np.float32)                                   # (frames, 2 * (n_fft/2 + 1))
         np.square(v, out=v)
-        return np.maximum((v @ self.mel_pairs.T).astype(np.float64), self.amin)
+        out = np.zeros((v.shape[0], self.n_bins), np.float32)
+        for c0, c1, m0, m1, w in self.mel_segments:
+            out[:, m0:m1] += v[:, c0:c1] @ w
+        return np.maximum(out.astype(np.float64), self.amin).reshape(*lead, self.n_bins)
 
     def _clip_frames(self, clip: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Frames ``j`` ``(k,)`` of one clip ``(samples,)`` with the clip's own zero padding → ``(k, n_fft)``."""
@@ -326,6 +333,25 @@ class NumpyStyleModel:
         """``σ(MLP(concat(e_i, e_r)))``: ``(b, D)`` × 2 → ``(b, n_params)`` in (0, 1)."""
         h = np.concatenate([np.asarray(e_input, np.float64), np.asarray(e_reference, np.float64)], axis=1)
         return 1.0 / (1.0 + np.exp(-mlp_forward(self.layers, h)))
+
+
+#: Spectrum bins per block of the block-sparse mel product.
+MEL_SEGMENT_BINS = 16
+
+
+def _mel_segments(mel_pairs: np.ndarray, seg_bins: int = MEL_SEGMENT_BINS) -> list[tuple]:
+    """Nonzero blocks of a pair-repeated mel basis ``(n_mels, 2·bins)``: for each run of
+    ``seg_bins`` spectrum bins (``2·seg_bins`` columns ``[c0, c1)``) the mel rows ``[m0, m1)``
+    spanning its nonzeros and that block transposed, ``(c1 − c0, m1 − m0)`` float32; runs with no
+    nonzero are left out. ``Σ_blocks v[:, c0:c1] @ block`` is ``v @ mel_pairs.T``."""
+    out = []
+    for c0 in range(0, mel_pairs.shape[1], 2 * seg_bins):
+        c1 = min(c0 + 2 * seg_bins, mel_pairs.shape[1])
+        rows = np.flatnonzero(np.any(mel_pairs[:, c0:c1] != 0.0, axis=1))
+        if rows.size:
+            m0, m1 = int(rows[0]), int(rows[-1]) + 1
+            out.append((c0, c1, m0, m1, np.ascontiguousarray(mel_pairs[m0:m1, c0:c1].T)))
+    return out
 
 
 def mlp_forward(layers: list[tuple[str, dict[str, np.ndarray]]], h: np.ndarray) -> np.ndarray:
