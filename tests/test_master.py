@@ -111,6 +111,36 @@ def test_refine_reduces_feature_distance():
     assert res.distance_after < res.distance_before
 
 
+def test_refine_skips_non_finite_gradients(monkeypatch):
+    """A step whose gradient is NaN (here: forced on every other step) is skipped, never applied:
+    the refined values stay finite and in range (a NaN gain once reached the EQ kernel)."""
+    import math
+
+    import torch
+
+    from afxcli.tasks import refine as refine_mod
+
+    real = refine_mod.distance
+    calls = {"n": 0}
+
+    def nan_grad_every_other(a, b):
+        d = real(a, b)
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:  # same value, NaN gradient: 0 · d/du sqrt(u) at u = 0
+            return d + 0.0 * torch.sqrt(torch.clamp(d - d.detach(), max=0.0))
+        return d
+
+    monkeypatch.setattr(refine_mod, "distance", nan_grad_every_other)
+    x = music(2.0, -0.6, 6, channels=1)
+    ref = music(3.0, 0.5, 7, channels=1, level=0.8)
+    chain = Chain(master_chain_spec([{"type": "peq"}, {"type": "compressor"}], -1.0), SR)
+    res = refine(chain, chain.base_values(), x, SR, recording_features(ref, SR), steps=6, lr=0.08, count=1)
+    assert res.skipped_steps >= 2 and res.to_dict()["skipped_steps"] == res.skipped_steps
+    for fx, vals in zip(chain.effects, res.values_after):
+        for name, v in vals.items():
+            assert math.isfinite(v) and fx.spec(name).min - 1e-9 <= v <= fx.spec(name).max + 1e-9
+
+
 def _write(path, audio, sr=SR):
     sf.write(str(path), audio.T, sr, subtype="FLOAT")
     return path

@@ -137,11 +137,13 @@ class RefineResult:
     steps: int
     kept: bool                   # refined values used (they lowered the distance)
     loss_history: list[float] = field(default_factory=list)
+    skipped_steps: int = 0       # steps whose gradient was not finite (not applied)
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "feature_distance_before_db": round(self.distance_before, 4),
                 "feature_distance_after_db": round(self.distance_after, 4),
                 "gain_db": round(self.distance_before - self.distance_after, 4), "kept": self.kept,
+                "skipped_steps": self.skipped_steps,
                 "torch_loss_history_db": [round(v, 4) for v in self.loss_history]}
 
 
@@ -170,24 +172,34 @@ def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, samp
     xt = torch.from_numpy(x)
     history: list[float] = []
     best_q, best_loss = q.detach().clone(), math.inf
+    skipped = 0
     for _ in range(int(steps)):
         opt.zero_grad()
         y = chain(xt, q.expand(xt.shape[0], -1), mode="train")
         loss = distance(features(y, sample_rate, max_hz), ref)
         value = float(loss.detach())
         history.append(value)
+        if not math.isfinite(value):  # nothing to learn from a non-finite loss: stay at the best
+            with torch.no_grad():
+                q.copy_(best_q)
+            continue
         if value < best_loss:
             best_loss, best_q = value, q.detach().clone()
         loss.backward()
+        if q.grad is None or not bool(torch.isfinite(q.grad).all()):
+            skipped += 1  # a non-finite gradient (e.g. through a silent excerpt) is not applied
+            continue
         opt.step()
         with torch.no_grad():
             q.clamp_(0.0, 1.0)
+            if not bool(torch.isfinite(q).all()):
+                q.copy_(best_q)
     if steps:
         with torch.no_grad():
             y = chain(xt, q.expand(xt.shape[0], -1), mode="train")
             last = float(distance(features(y, sample_rate, max_hz), ref))
         history.append(last)
-        if last < best_loss:
+        if math.isfinite(last) and last < best_loss:
             best_q = q.detach().clone()
     with torch.no_grad():
         phys = chain.denormalize(best_q.to(torch.float64))
@@ -196,4 +208,4 @@ def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, samp
     with torch.no_grad():
         d_after = float(distance(features(_render_excerpts(chain, x, after), sample_rate, max_hz), ref)) if steps else d_before
     kept = d_after < d_before
-    return RefineResult(values, after if kept else values, d_before, d_after, int(steps), kept, history)
+    return RefineResult(values, after if kept else values, d_before, d_after, int(steps), kept, history, skipped)
