@@ -5,13 +5,17 @@ Flow: audio ``(channels, samples)`` → integrated loudness (ITU-R BS.1770-4, py
 and filters, vectorized: :func:`fast_lufs`, whole file) → gain ``g = target − L`` → pedalboard
 ``BrickwallLimiter(true_peak=True)`` (the ``limiter`` effect) at the ceiling → measure loudness and
 true peak (BS.1770-4 Annex 2, :func:`fast_true_peak_dbtp` = :func:`afxcli.metrics.true_peak_dbtp`
-evaluated only where it can exceed the sample peak) → correct the gain (secant
-step, the limiter makes loudness grow by less than 1 dB per dB of gain) and, when the limiter lets an
-inter-sample peak over the ceiling, lower the limiter's own ceiling by the overshoot and render
-again. The output's true peak never exceeds the ceiling: if the rounds run out while it does, a
-plain gain reduction takes the peak under the ceiling (the loudness then misses; the result says so).
-Files over a minute first run the same search on eight 4 s excerpts and start the whole-file rounds
-from its gain and limiter ceiling (usually one or two whole-file renders instead of three or four).
+evaluated only where it can exceed the sample peak). When gain alone keeps the true peak under the
+ceiling its result is exact and derived (no render). Otherwise the gain into the limiter is searched
+(:mod:`afxcli.tasks.loudness_search`: secant steps on the measured output loudness, regula falsi
+once bracketed, detection of the limiter's saturation, where more gain gives a quieter output and
+the target is unreachable) to ``tolerance_lu`` (0.01 LU by default); only the best render's true
+peak is measured, and when the limiter lets an inter-sample peak over the ceiling its own ceiling
+is lowered by the overshoot and the search goes on. The output's true peak never exceeds the
+ceiling: if the limiter cannot hold it, a plain gain reduction takes the peak under the ceiling
+(the loudness then misses; the result says so). Files over a minute first run the same search
+on eight 4 s excerpts and start the whole-file search from its gain, slope and limiter ceiling
+(usually two whole-file renders; one when the excerpts show the target is out of reach).
 
 Presets (``presets/loudness/*.json``, ``"format": "afx-loudness-preset"``) name targets such as
 ``streaming`` (−14 LUFS, −1 dBTP) or ``broadcast`` (EBU R128: −23 LUFS, −1 dBTP).
@@ -46,6 +50,14 @@ LIMITER_MARGIN_DB = 0.1
 PROXY_MIN_SECONDS = 60.0
 PROXY_CHUNKS = 8
 PROXY_CHUNK_SECONDS = 4.0
+#: Most limiter renders of the excerpts' search.
+PROXY_MAX_EVALS = 8
+#: The whole file's first secant step uses the excerpts' last slope times this: that slope comes
+#: from points under the target on a concave curve (too steep), and the whole file usually needs a
+#: little more gain, where the curve is flatter still (measured on a 180 s master: 0.41 on the
+#: excerpts, 0.28 on the file); a longer first step lands in the search's acceptance window
+#: (target … target + 0.1 LU) more often, and one past it brackets the target.
+PROXY_SLOPE_FACTOR = 0.75
 #: BS.1770-4 gating block (s) and overlap (pyloudnorm's defaults).
 GATE_BLOCK_SECONDS = 0.4
 GATE_OVERLAP = 0.75
@@ -292,8 +304,68 @@ def _limit(audio: np.ndarray, sr: float, gain_db: float, ceiling_db: float, rele
                                   "release_ms": float(np.clip(release_ms, 1.0, 1000.0))})
 
 
+@dataclass
+class _Limited:
+    """Outcome of :func:`_search_limited`: the output (limiter render times the trim) and its
+    figures; ``gain_db`` and ``limiter_ceiling_db`` already include the trim."""
+
+    audio: np.ndarray
+    gain_db: float
+    lufs: float
+    true_peak_dbtp: float
+    limiter_ceiling_db: float
+    reached: bool
+    search: "GainSearch"
+    renders: int
+
+
+def _search_limited(x: np.ndarray, sr: float, target: float, ceiling_check: float, lim_ceiling: float,
+                    start_db: float, slope: float, max_evals: int, release_ms: float, lookahead_ms: float,
+                    max_limiting_db: float, l_in: float, aim_lu: float = 0.05,
+                    accept_lu: float = 0.05) -> _Limited:
+    """The limiter's input gain for ``x`` (limiter ceiling ``lim_ceiling``) and the trim after it.
+
+    pedalboard's limiter is homogeneous (tests: rendering ``g − δ`` dB into a ceiling ``c − δ``
+    equals the ``(g, c)`` render times ``−δ`` dB to float32 round-off), so a render followed by a
+    plain gain ``−t`` dB is the render at gain ``g − t`` and ceiling ``c − t``: the trim is exact and
+    free (its loudness from the block energies, its true peak the render's minus ``t``). A render at
+    gain ``g`` with loudness ``L`` and true peak ``P`` can therefore reach at most
+    ``A(g) = L − P + ceiling`` (trimmed until the true peak sits on the ceiling); the search
+    (:func:`~afxcli.tasks.loudness_search.search_gain`) looks for ``target ≤ A(g) ≤ target + aim +
+    accept`` (a little more limiting than the least possible, at most ``aim + accept`` dB) and the
+    trim ``t = L − target`` then lands on the target exactly with the true peak under the ceiling.
+    When no gain gets there (saturation, too much limiting, renders run out), the render with the
+    largest ``A`` is trimmed onto the ceiling (the loudness then misses)."""
+    from .loudness_search import search_gain
+
+    renders = 0
+    seen: dict[float, tuple] = {}
+
+    def measure(g: float) -> float:
+        nonlocal renders
+        y = _limit(x, sr, g, lim_ceiling, release_ms, lookahead_ms)
+        renders += 1
+        z = block_energies(y, sr)
+        level, tp = gated_lufs(z), fast_true_peak_dbtp(y, sr)
+        reach = level - tp + ceiling_check
+        seen[g] = (reach, y, z, level, tp)
+        return reach
+
+    def stop(g: float, reach: float) -> bool:
+        return g - (seen[g][3] - l_in) > max_limiting_db
+
+    res = search_gain(measure, target + aim_lu, accept_lu, start_db, slope, max_evals, stop=stop)
+    fits = [g for g, v in seen.items() if v[0] >= target]
+    g = min(fits, key=lambda k: seen[k][0]) if fits else max(seen, key=lambda k: seen[k][0])
+    reach, y, z, level, tp = seen[g]
+    trim = level - target if fits else tp - ceiling_check       # dB taken off after the limiter
+    trim = max(trim, lim_ceiling)                               # the limiter's ceiling stays ≤ 0 dBFS
+    out = y * np.float32(10.0 ** (-trim / 20.0))
+    return _Limited(out, g - trim, gated_lufs(z, -trim), tp - trim, lim_ceiling - trim, bool(fits), res, renders)
+
+
 def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
-                   ceiling_dbtp: float = DEFAULT_CEILING_DBTP, tolerance_lu: float = 0.1,
+                   ceiling_dbtp: float = DEFAULT_CEILING_DBTP, tolerance_lu: float = 0.01,
                    max_rounds: int = 6, release_ms: float = 100.0, lookahead_ms: float = 5.0,
                    max_limiting_db: float = DEFAULT_MAX_LIMITING_DB,
                    input_lufs: float | None = None, use_proxy: bool = True) -> LoudnessResult:
@@ -328,77 +400,43 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
         tp = tp_in + gain
         return LoudnessResult(y, l_in, target_lufs, l_out, tp, ceiling_dbtp, gain, ceiling_dbtp, 0.0, 1,
                               abs(l_out - target_lufs) <= tolerance_lu, notes)
-    # pedalboard's true-peak limiter lets ~0.05 dB of inter-sample peaks through (measured): start
-    # its ceiling a little lower so the first render usually holds the ceiling already
     lim_ceiling = ceiling_dbtp - LIMITER_MARGIN_DB
+    start, slope, evals, proxy = gain, 1.0, max_rounds, None
     if use_proxy and x.shape[1] > PROXY_MIN_SECONDS * sample_rate:
-        # Long file: find gain and limiter ceiling on evenly spread excerpts first (a fraction of
-        # the work per round), then only confirm/correct on the whole file.
+        # Long file: the same search on evenly spread excerpts first (a fraction of the work per
+        # evaluation) gives the whole-file search its start and slope
         w = int(PROXY_CHUNK_SECONDS * sample_rate)
         starts = np.linspace(0, x.shape[1] - w, PROXY_CHUNKS).astype(int)
-        proxy = np.concatenate([x[:, s:s + w] for s in starts], axis=1)
-        p = match_loudness(proxy, sample_rate, target_lufs, ceiling_dbtp, tolerance_lu / 2, max_rounds,
-                           release_ms, lookahead_ms, max_limiting_db, use_proxy=False)
-        if math.isfinite(p.input_lufs) and p.limiting_db > 0.0:
-            gain = p.gain_db + (p.input_lufs - l_in)
-            lim_ceiling = min(lim_ceiling, p.limiter_ceiling_db)
-            if not p.reached:  # the excerpts already could not get there: render the best once (+ a
-                max_rounds = min(max_rounds, 2)  # ceiling correction) instead of searching again
-    best: tuple | None = None
-    prev: tuple[float, float] | None = None  # (gain, loudness) of the previous round
-    rounds = 0
-    saturated = False
-    y, l_out, tp = x, l_in, sample_peak_db
-    for rounds in range(1, max_rounds + 1):
-        y = _limit(x, sample_rate, gain, lim_ceiling, release_ms, lookahead_ms)
-        l_out, tp = lufs(y, sample_rate), true_peak_dbtp(y, sample_rate)
-        if tp > ceiling_check:  # inter-sample overshoot of the limiter: lower its ceiling, render again
-            lim_ceiling -= (tp - ceiling_check) + 0.02
-            if lim_ceiling < -24.0:
-                break
-            continue
-        err = target_lufs - l_out
-        if best is None or abs(err) < abs(best[2] - target_lufs):
-            best = (y, gain, l_out, tp, lim_ceiling)
-        if abs(err) <= tolerance_lu:
-            break
-        slope = 1.0
-        if prev is not None and abs(gain - prev[0]) > 1e-6:
-            slope = (l_out - prev[1]) / (gain - prev[0])
-            if slope < 0.05:
-                # pedalboard's limiter is not monotonic: past some limiting more gain is not louder.
-                # Try once halfway back toward the best gain so far, then give up.
-                if saturated or best is None:
-                    saturated = True
-                    break
-                saturated = True
-                gain = 0.5 * (gain + best[1])
-                continue
-            slope = float(min(slope, 1.0))
-        prev = (gain, l_out)
-        limiting = gain - (l_out - l_in)
-        if err > 0 and limiting > max_limiting_db:
-            break  # more gain only adds limiting
-        gain = gain + float(np.clip(err / slope, -12.0, 6.0))
-    if best is None:  # never got under the ceiling by limiting alone: pull the level down
-        peak_over = max(0.0, tp - ceiling_check) + 0.02
-        y = y * np.float32(10.0 ** (-peak_over / 20.0))
-        gain -= peak_over
-        l_out, tp = lufs(y, sample_rate), true_peak_dbtp(y, sample_rate)
-        notes.append(f"limiter could not hold the ceiling; level lowered by {peak_over:.2f} dB")
-        best = (y, gain, l_out, tp, lim_ceiling)
-    y, gain, l_out, tp, lim_ceiling = best
+        excerpts = np.concatenate([x[:, s:s + w] for s in starts], axis=1)
+        l_proxy = lufs(excerpts, sample_rate)
+        if math.isfinite(l_proxy):
+            proxy = _search_limited(excerpts, sample_rate, target_lufs, ceiling_check, lim_ceiling,
+                                    target_lufs - l_proxy, 1.0, PROXY_MAX_EVALS, release_ms, lookahead_ms,
+                                    max_limiting_db, l_proxy, aim_lu=0.05, accept_lu=0.02)
+            untrimmed = proxy.gain_db + (lim_ceiling - proxy.limiter_ceiling_db)   # its gain into the limiter
+            start, slope = untrimmed + (l_proxy - l_in), PROXY_SLOPE_FACTOR * proxy.search.slope
+            if not proxy.reached:  # the excerpts could not get there: render their best once
+                evals = 1
+    r = _search_limited(x, sample_rate, target_lufs, ceiling_check, lim_ceiling, start, slope, evals,
+                        release_ms, lookahead_ms, max_limiting_db, l_in)
+    y, gain, l_out, tp, lim_ceiling, rounds = r.audio, r.gain_db, r.lufs, r.true_peak_dbtp, r.limiter_ceiling_db, r.renders
     limiting = gain - (l_out - l_in)
     reached = abs(l_out - target_lufs) <= tolerance_lu
+    saturated = r.search.saturated or (proxy is not None and proxy.search.saturated and not proxy.reached)
+    stopped = r.search.stopped or (proxy is not None and proxy.search.stopped and not proxy.reached)
     if not reached and saturated:
         notes.append(f"target {target_lufs:.1f} LUFS not reached ({l_out:.2f} LUFS): the limiter saturates "
-                     f"(more gain does not make it louder at a {ceiling_dbtp:.1f} dBTP ceiling)")
+                     f"(about {l_out:.2f} LUFS is the loudest it gives under a {ceiling_dbtp:.1f} dBTP "
+                     "ceiling; more gain makes it quieter)")
     elif not reached:
         notes.append(f"target {target_lufs:.1f} LUFS not reached ({l_out:.2f} LUFS): it would need more "
                      f"than {max_limiting_db:.0f} dB of limiting at a {ceiling_dbtp:.1f} dBTP ceiling"
-                     if limiting > max_limiting_db else
-                     f"target {target_lufs:.1f} LUFS not reached ({l_out:.2f} LUFS) in {rounds} rounds")
+                     if stopped or limiting > max_limiting_db else
+                     f"target {target_lufs:.1f} LUFS not reached ({l_out:.2f} LUFS) in {rounds} limiter renders")
     elif limiting > max_limiting_db:
         notes.append(f"target reached with {limiting:.1f} dB of limiting (excessive; consider a lower target)")
+    if lim_ceiling < -24.0:
+        notes.append(f"the limiter's ceiling {lim_ceiling:.1f} dB is under the limiter effect's -24 dB: "
+                     "the trace does not reproduce it exactly")
     return LoudnessResult(np.ascontiguousarray(y, dtype=np.float32), l_in, target_lufs, l_out, tp,
                           ceiling_dbtp, gain, lim_ceiling, limiting, rounds, reached, notes)

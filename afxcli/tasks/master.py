@@ -10,8 +10,9 @@ Flow per file (DeepAFx §3.3 mastering chain idea; DeepAFx-ST for the parameters
    twins against the reference's features (:mod:`afxcli.tasks.refine`);
 3. one pedalboard render of the chain up to the limiter on the whole file at its own rate;
 4. the loudness stage (:func:`afxcli.tasks.loudness.match_loudness`): gain to the target (the
-   reference's integrated loudness, a loudness preset's target or ``--lufs``) and the true-peak
-   limiter at the ceiling, iterated; the ceiling is never exceeded;
+   reference's integrated loudness, a loudness preset's target or ``--lufs``; within 0.01 LU where
+   the limiter can get there, a note where not) and the true-peak limiter at the ceiling, its input
+   gain searched with few whole-file renders; the ceiling is never exceeded;
 5. output file, JSON report (levels of input/output/reference, the chain settings, loudness-stage
    and refinement figures), optional PNG plot and parameter trace.
 """
@@ -367,7 +368,8 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
     else:
         from ..effects.chain import Chain
 
-        chain = Chain(master_chain_spec([], ctx.ceiling)["effects"][1:], sr)  # limiter only
+        # loudness gain + limiter: the gain is part of the chain so that the trace reproduces the master
+        chain = Chain(master_chain_spec([], ctx.ceiling), sr)
         values = chain.base_values()
     return chain, values, fir, described, x, automation
 

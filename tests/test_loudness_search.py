@@ -1,0 +1,104 @@
+"""The loudness stage's gain search: exact loudness at loud targets with the true peak under the
+ceiling, few limiter renders, unreachable targets reported; the limiter homogeneity it relies on."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from afxcli.metrics import lufs, true_peak_dbtp
+from afxcli.tasks.loudness import _limit, match_loudness
+from afxcli.tasks.loudness_search import search_gain
+from afxcli.train.data import music_like
+
+SR = 44100
+
+
+def loud_music(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    return music_like(np.random.default_rng(seed), sr, int(seconds * sr), 2)
+
+
+def test_limiter_is_homogeneous():
+    """Rendering δ dB less into a ceiling δ dB lower equals the render times −δ dB (float32
+    round-off): the loudness stage's trim after the limiter is exact."""
+    x = loud_music(2.0, 1)
+    base = _limit(x, SR, 20.0, -1.1, 100.0, 5.0)
+    for d in (0.05, 0.4, 3.0):
+        moved = _limit(x, SR, 20.0 - d, -1.1 - d, 100.0, 5.0)
+        np.testing.assert_allclose(moved, base * np.float32(10 ** (-d / 20)), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("target", [-13.0, -14.0, -16.0])
+def test_loud_targets_land_within_0p01_lu_under_the_ceiling(target):
+    x = 0.5 * loud_music(3.0, 2)
+    r = match_loudness(x, SR, target, -1.0)
+    assert r.reached, r.notes
+    assert abs(lufs(r.audio, SR) - target) <= 0.01          # float64 pyloudnorm measurement
+    assert abs(r.output_lufs - target) <= 0.01
+    assert true_peak_dbtp(r.audio, SR) <= -1.0               # float64 BS.1770 true peak
+    assert r.limiting_db > 0 and r.rounds <= 6
+
+
+def test_unreachable_target_is_reported_and_the_ceiling_holds():
+    x = 0.5 * loud_music(3.0, 3)
+    for target in (-2.0, -10.0):        # too much limiting; past the limiter's saturation
+        r = match_loudness(x, SR, target, -1.0)
+        assert not r.reached and r.notes and "not reached" in r.notes[0]
+        assert true_peak_dbtp(r.audio, SR) <= -1.0
+        assert r.output_lufs < target - 0.01
+
+
+def test_long_file_uses_few_whole_file_renders(monkeypatch):
+    """Over a minute: the excerpts' search starts the whole-file one; count the renders of the
+    whole file (the excerpts' renders are on 32 s of audio)."""
+    import afxcli.tasks.loudness as loud
+
+    sr = 8000
+    x = 0.5 * loud_music(65.0, 4, sr)
+    calls = []
+    orig = loud._limit
+
+    def counting(a, *args, **kw):
+        calls.append(a.shape[1])
+        return orig(a, *args, **kw)
+
+    monkeypatch.setattr(loud, "_limit", counting)
+    r = match_loudness(x, sr, -14.0, -1.0)
+    assert r.reached and abs(lufs(r.audio, sr) + 14.0) <= 0.01 and true_peak_dbtp(r.audio, sr) <= -1.0
+    whole = [n for n in calls if n == x.shape[1]]
+    assert len(whole) == r.rounds and 1 <= r.rounds <= 3
+    assert len(calls) > len(whole)                           # the excerpts were searched first
+
+
+def test_search_gain_on_model_curves():
+    # concave, rising, slope < 1: reached in a few evaluations
+    f = lambda g: -20.0 + 8.0 * (1 - math.exp(-g / 10.0))      # noqa: E731
+    r = search_gain(f, -14.0, 0.01, 0.0)
+    assert r.reached and abs(f(r.best[0]) + 14.0) <= 0.01 and len(r.points) <= 6
+    # rises to a maximum of -15 at g = 10, then falls: saturated, best near the maximum
+    h = lambda g: -15.0 - 0.05 * (g - 10.0) ** 2               # noqa: E731
+    r = search_gain(h, -12.0, 0.01, 5.0, max_evals=8)
+    assert not r.reached and r.saturated and abs(r.best[0] - 10.0) < 3.0
+    # a stop rule ends a search that still has to go up
+    r = search_gain(lambda g: -30.0 + 0.1 * g, -10.0, 0.01, 0.0, stop=lambda g, v: g > 5.0)
+    assert r.stopped and not r.reached
+
+
+def test_master_trace_reproduces_a_limited_master(tmp_path):
+    """A loud target (limiter + trim): the trace of the master renders back to the same output."""
+    import soundfile as sf
+
+    from afxcli.cli import main
+
+    x = 2.0 * loud_music(3.0, 5)            # so the loudness gain stays inside the gain effect's ±24 dB
+    sf.write(str(tmp_path / "in.wav"), x.T, SR, subtype="FLOAT")
+    out, trace = tmp_path / "out.wav", tmp_path / "t.json"
+    assert main(["--quiet", "master", str(tmp_path / "in.wav"), "--lufs", "-14", "-o", str(out),
+                 "--trace", str(trace)]) == 0
+    again = tmp_path / "again.wav"
+    assert main(["--quiet", "render", str(tmp_path / "in.wav"), "--preset", str(trace), "-o", str(again)]) == 0
+    a, _ = sf.read(str(out), always_2d=True)
+    b, _ = sf.read(str(again), always_2d=True)
+    assert np.max(np.abs(a - b)) < 1e-5
+    assert abs(lufs(a.T, SR) + 14.0) <= 0.01 and true_peak_dbtp(a.T, SR) <= -1.0
