@@ -77,6 +77,10 @@ def kaiser_lowpass(numtaps: int, cutoff: float, beta: float) -> np.ndarray:
 
 
 # ----- exact block IIR ------------------------------------------------------------------------------
+#: Powers of the block transition below this (max |entry|) end the prefix scan (module docstring).
+SCAN_FLOOR = 1e-20
+
+
 class BlockIIR:
     """The filter ``b(z)/a(z)`` (``a[0] = 1`` after normalization) over rows of a signal, in
     blocks of ``block`` samples (module docstring). :meth:`process` takes ``(rows, n)`` with ``n``
@@ -136,7 +140,10 @@ class BlockIIR:
         s = z[..., ::-1][..., :n].copy()                                     # c_k: (rows, k, N)
         s[:, 0] += yprev @ self.P.T
         q, d = self.P, 1
-        while d < k:  # doubling prefix scan of s_k = c_k + P s_{k-1}
+        # doubling prefix scan of s_k = c_k + P s_{k-1}; once P^d is below 1e-20 (the filter's
+        # memory has decayed: P is stable) the remaining terms are far under float64 round-off
+        # and are skipped, which also keeps the powers out of subnormal numbers (slow arithmetic)
+        while d < k and np.max(np.abs(q)) > SCAN_FLOOR:
             s[:, d:] += s[:, :-d] @ q.T
             q, d = q @ q, 2 * d
         yp = np.concatenate([yprev[:, None, :], s[:, :-1]], axis=1)

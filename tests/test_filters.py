@@ -153,3 +153,18 @@ def test_model_predictions_with_soxr_within_1e3_of_resample_poly():
     assert np.max(np.abs(q_soxr - q_poly)) < 1e-3
     assert np.max(np.abs(f_soxr - f_poly)) < 1e-3
     assert not np.array_equal(q_soxr, q_poly)  # the swap did take effect
+
+
+def test_one_blas_thread_limits_and_restores():
+    from threadpoolctl import threadpool_info
+
+    from afxcli.blas import one_blas_thread
+
+    def blas_threads():
+        return [d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"]
+
+    before = blas_threads()
+    with one_blas_thread():
+        inside = blas_threads()
+        assert all(n == 1 for n in inside)
+    assert blas_threads() == before

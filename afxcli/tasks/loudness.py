@@ -62,8 +62,8 @@ PROXY_SLOPE_FACTOR = 0.75
 GATE_BLOCK_SECONDS = 0.4
 GATE_OVERLAP = 0.75
 #: Block of the exact K-weighting recursion (samples) and chunk the filter state is carried over.
-K_WEIGHTING_BLOCK = 16
-K_WEIGHTING_CHUNK = 1 << 14
+K_WEIGHTING_BLOCK = 32
+K_WEIGHTING_CHUNK = 1 << 15
 
 
 def fast_lufs(audio: np.ndarray, sample_rate: float) -> float:

@@ -141,9 +141,11 @@ class MasterContext(ReferenceEmbedding):
         check_target(self.lufs_override if lufs is not None else -14.0, self.ceiling)
         self.ref_lufs = None
         if self.ref_audio is not None:
+            from ..blas import one_blas_thread
             from .loudness import fast_lufs as measure
 
-            self.ref_lufs = measure(self.ref_audio, self.ref_sr)
+            with one_blas_thread():
+                self.ref_lufs = measure(self.ref_audio, self.ref_sr)
             if not math.isfinite(self.ref_lufs):
                 raise AfxError(f"{self.ref_path}: reference is silent or shorter than 0.4 s")
         has_style = self.ref_audio is not None or self.style_preset is not None
@@ -400,9 +402,12 @@ def master_file(input_path: Path, output_path: Path, ctx: MasterContext, report_
     true peak and no ``reference`` levels or ``feature_distance_db``."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from ..blas import one_blas_thread
+
     side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afx-report")
     try:
-        return _master_file(input_path, output_path, ctx, report_path, plot_path, trace_path, side)
+        with one_blas_thread():  # small products only (afxcli.blas)
+            return _master_file(input_path, output_path, ctx, report_path, plot_path, trace_path, side)
     finally:
         side.shutdown(wait=True, cancel_futures=True)
 
