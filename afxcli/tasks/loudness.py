@@ -373,7 +373,11 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     and the true peak is ≤ ``ceiling_dbtp``. ``audio`` ``(channels, samples)`` at ``sample_rate``.
 
     Gain alone is used when it already keeps the true peak under the ceiling (exact, no limiter).
-    Raises AfxError for silent audio or audio shorter than one 400 ms loudness block.
+    Otherwise the limiter's input gain is searched (:func:`_search_limited`; at most ``max_rounds``
+    whole-file limiter renders, counted in the result's ``rounds``) and the render is trimmed onto
+    the target; ``gain_db`` and ``limiter_ceiling_db`` of the result include the trim, so the chain
+    (gain → limiter at that ceiling) renders the same output. Raises AfxError for silent audio or
+    audio shorter than one 400 ms loudness block.
     """
     lufs, true_peak_dbtp = fast_lufs, fast_true_peak_dbtp
     check_target(target_lufs, ceiling_dbtp)
