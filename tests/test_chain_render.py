@@ -181,3 +181,26 @@ def test_latent_chain_with_vst3_keeps_length_and_alignment():
     ya = render_chain(ch, x, tr, block_size=512)
     assert ya.shape == x.shape and set(keys) == set(params)
     assert int(np.argmax(np.abs(ya[0]))) == 5000
+
+
+def test_frequency_overrides_above_the_rate_limit_are_lowered_not_refused():
+    """One chain file works at every rate: at 8 kHz (limit 3.6 kHz) the style chain's high bands
+    (peak4 4–7 kHz, high shelf 2–7 kHz) shrink to what the rate allows; other bad overrides still fail."""
+    from afxcli.errors import AfxError
+    from afxcli.train.style import STYLE_CHAIN
+
+    chain = Chain(STYLE_CHAIN, 8000)
+    spec = {f.key: f.spec for f in chain.free}
+    assert spec["eq.peak4_freq_hz"].min == spec["eq.peak4_freq_hz"].max == 3600.0
+    assert (spec["eq.high_shelf_freq_hz"].min, spec["eq.high_shelf_freq_hz"].max) == (2000.0, 3600.0)
+    assert spec["eq.peak3_freq_hz"].max == 3600.0 and spec["eq.peak1_freq_hz"].max == 250.0
+    assert Chain(STYLE_CHAIN, 44100).free[chain.free_keys.index("eq.peak4_freq_hz")].spec.max == 7000.0
+    q = chain.normalize_values(chain.base_values())
+    assert bool(torch.isfinite(q).all())
+    y = render_chain(chain, (0.1 * np.random.default_rng(0).standard_normal((1, 8000))).astype(np.float32),
+                     chain.base_values())
+    assert y.shape == (1, 8000) and np.isfinite(y).all()
+    with pytest.raises(AfxError, match="ratio"):
+        Chain({"effects": [{"type": "compressor", "free": {"ratio": {"max": 500}}}]}, 8000)
+    with pytest.raises(AfxError, match="freq"):
+        Chain({"effects": [{"type": "peq", "free": {"peak1_freq_hz": {"min": 1.0}}}]}, 8000)

@@ -298,3 +298,16 @@ def test_search_excerpts_cover_long_files_only():
     w = int(SEARCH_EXCERPT_SECONDS * sr)
     assert ex.shape == (1, SEARCH_EXCERPTS * w)
     assert ex[0, 0] == 0 and ex[0, -1] == long[0, -1]                   # first and last excerpt included
+
+
+def test_master_with_the_shipped_model_at_8khz_mono(tmp_path, capsys):
+    """Telephone-rate audio: the music model's chain is built at 8 kHz (its high bands lowered to
+    the rate's 3.6 kHz limit) and the whole file comes back at 8 kHz, mono, full length."""
+    inp = _write(tmp_path / "phone.wav", music(3.0, -0.5, 21, sr=8000, channels=1, level=0.2), 8000)
+    ref = _write(tmp_path / "ref.wav", music(3.0, 0.3, 22, level=0.5))
+    out = tmp_path / "out.wav"
+    rc = main(["--quiet", "master", str(inp), "--ref", str(ref), "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    y, sr = sf.read(str(out), always_2d=True)
+    assert sr == 8000 and y.shape == (3 * 8000, 1) and np.isfinite(y).all()
+    assert true_peak_dbtp(y.T, sr) <= -1.0 + 1e-6

@@ -16,7 +16,10 @@ type, suffixed ``_2``, ``_3`` … on repeats), ``options`` (structural, e.g. num
 plugin path), ``fixed`` (physical values that never change) and ``free`` (the parameters a model
 predicts: ``"all"`` (default), a list of names, or a mapping name -> ``{"min", "max"}`` range
 overrides). A parameter that is neither fixed nor free keeps its default. Fixed values win over
-``free``.
+``free``. A frequency override above what the chain's rate allows (``0.45·rate``,
+:func:`afxcli.params.max_freq_hz`) is lowered to that limit (a band's range may shrink to one
+value), so one chain file — a shipped model's chain among them — works at every rate; any other
+out-of-range override is an error.
 
 Free parameters are addressed as ``"<label>.<param>"`` and ordered effect by effect, in each effect's
 spec order. A model predicts them normalized to [0, 1] (:meth:`Chain.denormalize`).
@@ -24,6 +27,7 @@ spec order. A model predicts them normalized to [0, 1] (:meth:`Chain.denormalize
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -35,6 +39,13 @@ from . import create
 
 CHAIN_FORMAT = "afx-chain"
 CHAIN_VERSION = 1
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -119,8 +130,11 @@ class Chain:
                     bad = set(r) - {"min", "max"}
                     if bad:
                         raise AfxError(f"chain {label}.{name}: range override takes only min/max, not {sorted(bad)}")
-                    lo = ps.validate(r.get("min", ps.min), where=label)
-                    hi = ps.validate(r.get("max", ps.max), where=label)
+                    lo_req, hi_req = r.get("min", ps.min), r.get("max", ps.max)
+                    if ps.unit == "Hz":  # the rate's upper limit lowers the range, never refuses it
+                        lo_req, hi_req = (min(float(v), ps.max) if _finite(v) else v for v in (lo_req, hi_req))
+                    lo = ps.validate(lo_req, where=label)
+                    hi = ps.validate(hi_req, where=label)
                     ps = ps.with_range(lo, hi)
                 free.append(FreeParam(i, f"{label}.{name}", ps))
             if wanted and e["free"] != "all":
