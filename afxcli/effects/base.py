@@ -60,7 +60,7 @@ def expand_blocks(p: torch.Tensor, n_samples: int, block_size: int | None) -> to
 class Effect:
     """Base class of afx effects. Subclasses set :attr:`kind` and implement :meth:`_make_specs`
     and :meth:`process`; those with a pedalboard twin implement :meth:`to_pedalboard` (and
-    :meth:`update_pedalboard` if parameters can change between streamed chunks).
+    :meth:`apply_pedalboard` if parameters can change between streamed chunks).
 
     Calling an effect runs :meth:`forward` (like a ``torch.nn.Module``; effects hold no weights,
     so they are plain objects: building one and rendering its pedalboard twin imports no torch)."""
@@ -180,14 +180,15 @@ class Effect:
         raise AfxError(f"effect {self.kind!r} has no pedalboard twin")
 
     def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        """Set new ``values`` on plugins made by :meth:`to_pedalboard`, keeping their state."""
-        raise AfxError(f"effect {self.kind!r} cannot be automated through pedalboard")
+        """Set new ``values`` on plugins made by :meth:`to_pedalboard`, keeping their state
+        (validated by :meth:`check_values`, then :meth:`apply_pedalboard`)."""
+        self.apply_pedalboard(plugins, self.check_values(values))
 
     def apply_pedalboard(self, plugins: list, checked: Mapping[str, float]) -> None:
-        """:meth:`update_pedalboard` for values that :meth:`check_values` already completed and
-        validated (the streaming renderer validates a whole automation trace at once). Effects whose
-        update validates override this with the update minus the validation."""
-        self.update_pedalboard(plugins, checked)
+        """Set values that :meth:`check_values` already completed and validated on the plugins
+        (the streaming renderer validates a whole automation trace at once). Effects that can be
+        automated override this."""
+        raise AfxError(f"effect {self.kind!r} cannot be automated through pedalboard")
 
     # ----- description ------------------------------------------------------------------------
     def describe(self) -> dict:

@@ -179,9 +179,6 @@ class HardClip(Effect):
 
         return [pedalboard.Clipping(threshold_db=self.check_values(values)["threshold_db"])]
 
-    def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        self.apply_pedalboard(plugins, self.check_values(values))
-
     def apply_pedalboard(self, plugins: list, checked: Mapping[str, float]) -> None:
         plugins[0].threshold_db = checked["threshold_db"]
 
@@ -208,9 +205,6 @@ class Distortion(Effect):
         import pedalboard
 
         return [pedalboard.Distortion(drive_db=self.check_values(values)["drive_db"])]
-
-    def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        self.apply_pedalboard(plugins, self.check_values(values))
 
     def apply_pedalboard(self, plugins: list, checked: Mapping[str, float]) -> None:
         plugins[0].drive_db = checked["drive_db"]

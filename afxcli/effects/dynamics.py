@@ -184,9 +184,6 @@ class Compressor(_DynamicsBase):
                                       attack_ms=v["attack_ms"], release_ms=v["release_ms"]),
                 pedalboard.Gain(gain_db=v["makeup_db"])]
 
-    def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        self.apply_pedalboard(plugins, self.check_values(values))
-
     def apply_pedalboard(self, plugins: list, v: Mapping[str, float]) -> None:
         comp, gain = plugins
         comp.threshold_db = v["threshold_db"]
@@ -240,9 +237,6 @@ class NoiseGate(_DynamicsBase):
         v = self.check_values(values)
         return [pedalboard.NoiseGate(threshold_db=v["threshold_db"], ratio=v["ratio"],
                                      attack_ms=v["attack_ms"], release_ms=v["release_ms"])]
-
-    def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        self.apply_pedalboard(plugins, self.check_values(values))
 
     def apply_pedalboard(self, plugins: list, v: Mapping[str, float]) -> None:
         (gate,) = plugins
@@ -382,9 +376,6 @@ class Limiter(_DynamicsBase):
         return [pedalboard.BrickwallLimiter(ceiling_db=v["ceiling_db"], release_ms=v["release_ms"],
                                             lookahead_ms=self.options["lookahead_ms"],
                                             true_peak=self.true_peak)]
-
-    def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        self.apply_pedalboard(plugins, self.check_values(values))
 
     def apply_pedalboard(self, plugins: list, v: Mapping[str, float]) -> None:
         (lim,) = plugins

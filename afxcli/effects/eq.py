@@ -158,10 +158,6 @@ class _BiquadEQ(Effect):
         return [cls[kind](cutoff_frequency_hz=freq, gain_db=gain, q=q)
                 for kind, freq, gain, q in self.section_settings(values)]
 
-    def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        """Set new values on the plugins of :meth:`to_pedalboard` (their filter states are kept)."""
-        self.apply_pedalboard(plugins, self.check_values(values))
-
     def apply_pedalboard(self, plugins: list, checked: Mapping[str, float]) -> None:
         sections = self._settings_of(checked)
         if len(plugins) != len(sections):

@@ -54,8 +54,5 @@ class Gain(Effect):
         v = self.check_values(values)
         return [pedalboard.Gain(gain_db=v["gain_db"])]
 
-    def update_pedalboard(self, plugins: list, values: Mapping[str, float]) -> None:
-        self.apply_pedalboard(plugins, self.check_values(values))
-
     def apply_pedalboard(self, plugins: list, checked: Mapping[str, float]) -> None:
         plugins[0].gain_db = checked["gain_db"]
