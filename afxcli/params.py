@@ -113,13 +113,29 @@ class ParamSpec:
             return (self.max - self.min) * q + self.min
         return _exp((math.log(self.max) - math.log(self.min)) * q) * self.min
 
+    def _tolerant_bounds(self) -> tuple[float, float]:
+        """The range widened by a relative 1e-9 (values computed in float round-off are accepted)."""
+        return self.min - 1e-9 * max(1.0, abs(self.min)), self.max + 1e-9 * max(1.0, abs(self.max))
+
     def validate(self, value: float, where: str = "") -> float:
         """Return ``value`` as float or raise a one-line :class:`AfxError` if it is not finite or out of range."""
         v = float(value)
-        if not math.isfinite(v) or v < self.min - 1e-9 * max(1.0, abs(self.min)) or v > self.max + 1e-9 * max(1.0, abs(self.max)):
+        lo, hi = self._tolerant_bounds()
+        if not math.isfinite(v) or v < lo or v > hi:
             at = f"{where}: " if where else ""
             raise AfxError(f"{at}{self.name}={value} is outside [{self.min:g}, {self.max:g}] {self.unit}".rstrip())
         return float(min(max(v, self.min), self.max))
+
+    def validate_array(self, values: np.ndarray, where: str = "") -> np.ndarray:
+        """:meth:`validate` on every element of ``values`` at once: float64 copy clipped into the
+        range, or the one-line error :meth:`validate` gives for the first offending element."""
+        a = np.asarray(values, dtype=np.float64)
+        lo, hi = self._tolerant_bounds()
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(a) | (a < lo) | (a > hi)
+        if np.any(bad):
+            self.validate(float(a.reshape(-1)[int(np.argmax(bad.reshape(-1)))]), where)  # raises
+        return np.minimum(np.maximum(a, self.min), self.max)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "unit": self.unit, "min": self.min, "max": self.max,

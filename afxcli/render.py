@@ -58,13 +58,7 @@ def check_block_values(effect: Effect, arrays: Mapping[str, np.ndarray | float],
             out[spec.name] = np.full(n_blocks, float(spec.default))
             continue
         a = np.broadcast_to(np.asarray(arrays[spec.name], dtype=np.float64), (n_blocks,))
-        lo = spec.min - 1e-9 * max(1.0, abs(spec.min))
-        hi = spec.max + 1e-9 * max(1.0, abs(spec.max))
-        with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(a) | (a < lo) | (a > hi)
-        if np.any(bad):
-            spec.validate(float(a[int(np.argmax(bad))]), where=effect.kind)  # raises
-        out[spec.name] = np.minimum(np.maximum(a, spec.min), spec.max)
+        out[spec.name] = spec.validate_array(a, where=effect.kind)
     return out
 
 

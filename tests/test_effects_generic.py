@@ -43,3 +43,20 @@ def test_constant_blocks_equal_static_parameters(kind, channels):
         y_blocks = chain(x, q.unsqueeze(-1).repeat(1, 1, 8), block_size=512, mode="exact")
     assert y_static.shape == x.shape
     assert torch.max(torch.abs(y_static - y_blocks)) <= 1e-9
+
+
+def test_param_validate_array_matches_validate():
+    """The vectorized check accepts, clips and refuses exactly what ``validate`` does."""
+    from afxcli.errors import AfxError
+    from afxcli.params import ParamSpec
+
+    spec = ParamSpec("gain_db", "dB", -24.0, 24.0, 0.0, "lin")
+    ok = np.array([-24.0, -24.0 - 1e-12, 3.5, 24.0 + 1e-12])
+    np.testing.assert_array_equal(spec.validate_array(ok), [spec.validate(v) for v in ok])
+    for bad in (np.array([0.0, 25.0, 30.0]), np.array([1.0, np.nan])):
+        with pytest.raises(AfxError) as vec:
+            spec.validate_array(bad, where="gain")
+        first = bad[np.flatnonzero(~np.isfinite(bad) | (np.abs(bad) > 24.0))[0]]
+        with pytest.raises(AfxError) as one:
+            spec.validate(first, where="gain")
+        assert str(vec.value) == str(one.value)
