@@ -288,20 +288,10 @@ class StylePredictor:
 
     def values(self, q: np.ndarray, chain) -> list[dict[str, float]]:
         """Normalized ``q`` → per-effect physical values for ``chain`` (the model's chain spec built
-        at the file's rate): denormalized at the model rate, clipped into ``chain``'s ranges."""
-        if self.numpy_model is not None:
-            flat = self.values_frames(np.asarray(q)[None], chain)
-            return [{n: float(flat[f"{lab}.{n}"][0]) for n in fx.param_names}
-                    for lab, fx, _ in zip(chain.labels, chain.effects, self.model_chain.effects)]
-        import torch
-
-        with torch.no_grad():
-            phys = self.model_chain.denormalize(torch.as_tensor(q, dtype=torch.float64)[None])
-        out = []
-        for fx_model, fx, p in zip(self.model_chain.effects, chain.effects, phys):
-            v = {n: float(p[0, j]) for j, n in enumerate(fx_model.param_names)}
-            out.append({n: float(fx.spec(n).clip(v[n])) for n in fx.param_names})
-        return out
+        at the file's rate): :meth:`values_frames` for one frame (NumPy, whichever the backend)."""
+        flat = self.values_frames(np.asarray(q)[None], chain)
+        return [{n: float(flat[f"{lab}.{n}"][0]) for n in fx.param_names}
+                for lab, fx, _ in zip(chain.labels, chain.effects, self.model_chain.effects)]
 
     def predict(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
                 ref_sr: float | None = None, ref_embedding: np.ndarray | None = None) -> list[dict[str, float]]:
