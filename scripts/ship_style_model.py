@@ -16,7 +16,6 @@ speakers never trained on) for input, rule-based baseline and model.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -54,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / f"style_{args.domain}.pt"
     torch_save_atomic(ship, weights)
-    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
-    from afxcli.nn.numpy_infer import export_npz
+    from afxcli.nn.numpy_infer import export_npz, sha256_of
+
+    sha = sha256_of(weights)
 
     npz = export_npz(weights)  # torch-free inference weights, tied to this .pt by its SHA-256
 

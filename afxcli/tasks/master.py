@@ -514,11 +514,10 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         in_f, ref_f = features.result()
         report["feature_distance_db"] = {"input": round(float(distance(in_f, ref_f)), 4),
                                          "output": round(float(distance(out_features.result(), ref_f)), 4)}
+    hop_model, model_sr = prediction_hop(ctx.predictor) if automation is not None else (None, None)
     if automation is not None:  # the report gives each automated parameter's range
         report["chain"]["automation"] = {
-            "hop_seconds": prediction_hop(ctx.predictor)[0] / prediction_hop(ctx.predictor)[1],
-            "hop_model_samples": prediction_hop(ctx.predictor)[0],
-            "model_sample_rate": prediction_hop(ctx.predictor)[1],
+            "hop_seconds": hop_model / model_sr, "hop_model_samples": hop_model, "model_sample_rate": model_sr,
             "smoothing_cutoff_hz": AUTOMATION_CUTOFF_HZ,
             "ranges": {k: [round(float(a.min()), 4), round(float(a.max()), 4)]
                        for k, a in automation.params.items() if not np.all(a == a[0])}}
@@ -532,8 +531,8 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         tr.n_samples = int(audio.shape[1])
         tr.description = (f"afx master ({ctx.method}) of {Path(input_path).name}"
                           + (" after a matched FIR EQ that is not part of this chain" if fir is not None else "")
-                          + (f"; model predictions every {prediction_hop(ctx.predictor)[0]} samples at "
-                             f"{prediction_hop(ctx.predictor)[1]:g} Hz, smoothed and resampled to "
+                          + (f"; model predictions every {hop_model} samples at "
+                             f"{model_sr:g} Hz, smoothed and resampled to "
                              f"automation in blocks of {automation.hop} samples: render with --block-size "
                              f"{automation.hop} to reproduce it exactly" if automation is not None else ""))
         tr.save(trace_path)
