@@ -154,18 +154,8 @@ def test_npz_of_another_model_is_not_used(tiny_stats_model, tmp_path):
     assert load_npz(npz_path_for(tiny_stats_model), pt_sha256=sha256_of(tiny_stats_model)) is not None
 
 
-def test_unsupported_architecture_is_refused(tmp_path):
-    analyzer = make_analyzer("logmel", "mobilenet", TINY_SR, {"n_fft": 256, "hop_samples": 64, "n_mels": 16},
-                             embed_dim=8, head_channels=8, widths=[[1, 8, 1, 1], [2, 16, 1, 2]])
-    chain = Chain(STYLE_CHAIN, TINY_SR)
-    path = tmp_path / "conv.pt"
-    config = {"data": {"sample_rate": TINY_SR, "clip_samples": 16000},
-              "task_options": {"frontend": "logmel", "encoder": "mobilenet",
-                               "frontend_options": {"n_fft": 256, "hop_samples": 64, "n_mels": 16},
-                               "encoder_options": {"embed_dim": 8, "head_channels": 8,
-                                                   "widths": [[1, 8, 1, 1], [2, 16, 1, 2]]},
-                               "hidden": [8]}}
-    save_style_checkpoint(path, StyleModel(analyzer, chain.n_free, (8,)), chain.spec, config)
+def test_unsupported_architecture_is_refused(tiny_conv_style_model):
+    path = tiny_conv_style_model  # a MobileNet-style conv encoder (tests/conftest.py)
     with pytest.raises(AfxError, match="numpy export needs"):
         export_npz(path)
     assert not npz_path_for(path).exists()

@@ -12,28 +12,15 @@ import torch
 from afxcli.cli import main
 from afxcli.effects.chain import Chain
 from afxcli.errors import AfxError
-from afxcli.nn import StyleModel, make_analyzer
-from afxcli.tasks.style import (StylePredictor, load_style_preset, make_style_preset, save_style_checkpoint)
+from afxcli.tasks.style import StylePredictor, load_style_preset, make_style_preset
 
-MODEL_SR = 16000
+MODEL_SR = 16000  # conftest.TINY_CONV_STYLE_CONFIG's rate
 from afxcli.train.style import STYLE_CHAIN as CHAIN  # noqa: E402  (the shipped models' chain)
-CONFIG = {"data": {"sample_rate": MODEL_SR, "clip_samples": 16000},
-          "task_options": {"frontend": "logmel", "encoder": "mobilenet",
-                           "frontend_options": {"n_fft": 256, "hop_samples": 64, "n_mels": 32},
-                           "encoder_options": {"embed_dim": 16, "head_channels": 32,
-                                               "widths": [[1, 8, 1, 1], [2, 16, 1, 2]]},
-                           "hidden": [32]}}
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    o = CONFIG["task_options"]
-    analyzer = make_analyzer(o["frontend"], o["encoder"], MODEL_SR, o["frontend_options"], **o["encoder_options"])
-    model = StyleModel(analyzer, Chain(CHAIN, MODEL_SR).n_free, tuple(o["hidden"]))
-    path = tmp_path_factory.mktemp("model") / "tiny_style.pt"
-    save_style_checkpoint(path, model, Chain(CHAIN, MODEL_SR).spec, CONFIG)
-    return path
+def model_path(tiny_conv_style_model):
+    return tiny_conv_style_model
 
 
 def audio(seconds: float, sr: int, seed: int, channels: int = 2, tilt: float = 0.0) -> np.ndarray:
