@@ -4,7 +4,7 @@
 Sources (DESIGN.md §5), unpacked with ``apt-get download`` + ``dpkg-deb -x`` (nothing installed):
 - ``asterisk-core-sounds-{en,es,fr}-g722``: telephony prompts read by professional voices
   (``en_US_f_Allison``, ``es_MX_f_Allison``, ``fr_CA_f_June``), raw G.722 at 16 kHz, decoded with
-  ``ffmpeg -f g722`` to 16 kHz mono FLAC. The ``silence/`` prompts are skipped.
+  ``ffmpeg -f g722`` to 16 kHz mono FLAC (``ffmpeg`` is ``apt-get install``-ed when missing). The ``silence/`` prompts are skipped.
 - ``fillets-ng-data-cs``: acted Czech dialogue of the game Fish Fillets NG, Ogg Vorbis 22.05 kHz,
   copied as is (no re-encoding). Lines longer than ``MAX_FILLETS_S`` (10 s: the sung lines) are
   dropped.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from common import (audio_info, datasets, load_items, log, package_license, parser, run, temp_dir,
+from common import (audio_info, datasets, ensure_apt, load_items, log, package_license, parser, run, temp_dir,
                     unpack_deb)
 
 NAME = "speech"
@@ -57,6 +57,8 @@ def main() -> None:
     out = datasets.corpus_dir(NAME)
     out.mkdir(parents=True, exist_ok=True)
     items = load_items(out)
+    if shutil.which("ffmpeg") is None:   # the G.722 decoder (a fresh machine has none)
+        ensure_apt(["ffmpeg"])
     with temp_dir("speech_") as tmp:
         tmp = Path(tmp)
         for package in ASTERISK:
