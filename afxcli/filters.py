@@ -1,7 +1,7 @@
 """Small exact filter designs and IIR filtering in NumPy, so that ``afx master`` needs no
 ``scipy.signal`` (whose import alone costs ~1–1.5 s).
 
-- :func:`rbj_high_shelf`, :func:`rbj_high_pass`, :func:`rbj_low_pass`: second-order sections from
+- :func:`rbj_low_shelf`, :func:`rbj_high_shelf`, :func:`rbj_peak`, :func:`rbj_high_pass`, :func:`rbj_low_pass`: second-order sections from
   R. Bristow-Johnson's *Audio EQ Cookbook* formulas (bilinear transform with the cutoff prewarped).
   The BS.1770-4 K-weighting as pyloudnorm designs it at any rate (:func:`k_weighting_sos`: high
   shelf +4 dB at 1500 Hz, Q 1/√2; high pass 38 Hz, Q 0.5) and a 2nd-order Butterworth lowpass
@@ -45,6 +45,35 @@ def rbj_high_shelf(sample_rate: float, f0_hz: float, gain_db: float, q: float) -
          amp * ((amp + 1) + (amp - 1) * c - sa)]
     a = [(amp + 1) - (amp - 1) * c + sa, 2.0 * ((amp - 1) - (amp + 1) * c), (amp + 1) - (amp - 1) * c - sa]
     return _normalized(b, a)
+
+
+def rbj_low_shelf(sample_rate: float, f0_hz: float, gain_db: float, q: float) -> np.ndarray:
+    """Cookbook low shelf: section ``(6,)``."""
+    amp = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * math.pi * f0_hz / sample_rate
+    c, alpha = math.cos(w0), math.sin(w0) / (2.0 * q)
+    sa = 2.0 * math.sqrt(amp) * alpha
+    b = [amp * ((amp + 1) - (amp - 1) * c + sa), 2.0 * amp * ((amp - 1) - (amp + 1) * c),
+         amp * ((amp + 1) - (amp - 1) * c - sa)]
+    a = [(amp + 1) + (amp - 1) * c + sa, -2.0 * ((amp - 1) + (amp + 1) * c), (amp + 1) + (amp - 1) * c - sa]
+    return _normalized(b, a)
+
+
+def rbj_peak(sample_rate: float, f0_hz: float, gain_db: float, q: float) -> np.ndarray:
+    """Cookbook peaking EQ: section ``(6,)`` (what pedalboard's ``PeakFilter`` runs, JUCE)."""
+    amp = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * math.pi * f0_hz / sample_rate
+    c, alpha = math.cos(w0), math.sin(w0) / (2.0 * q)
+    return _normalized([1 + alpha * amp, -2 * c, 1 - alpha * amp], [1 + alpha / amp, -2 * c, 1 - alpha / amp])
+
+
+def sos_response_db(sos: np.ndarray, sample_rate: float, freqs_hz: np.ndarray) -> np.ndarray:
+    """Magnitude response in dB of sections ``(n, 6)`` (cascaded) at ``freqs_hz`` ``(m,)`` → ``(m,)``."""
+    z = np.exp(-1j * 2.0 * math.pi * np.asarray(freqs_hz, dtype=np.float64) / sample_rate)
+    h = np.ones_like(z)
+    for b0, b1, b2, a0, a1, a2 in np.atleast_2d(sos):
+        h *= (b0 + b1 * z + b2 * z * z) / (a0 + a1 * z + a2 * z * z)
+    return 20.0 * np.log10(np.maximum(np.abs(h), 1e-12))
 
 
 def rbj_high_pass(sample_rate: float, f0_hz: float, q: float) -> np.ndarray:

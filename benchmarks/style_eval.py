@@ -112,7 +112,7 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     clip = int(round(clip_seconds * sample_rate)) // 2 * 2
     ds = StylePairDataset(files, STYLE_CHAIN, sample_rate, clip, channels, items_per_epoch=n, seed=seed,
                           groups=groups)
-    chain = Chain(predictor.chain_spec, sample_rate) if predictor is not None else None
+    chain = Chain(predictor.render_spec, sample_rate) if predictor is not None else None
     rows: dict[str, list[dict[str, float]]] = {"input": [], "rule-based": []}
     if predictor is not None:
         rows["model"] = []

@@ -4,6 +4,9 @@
 Each preset is a style embedding (DeepAFx-ST: the reference embedding the controller reads) made
 by rendering the speech validation clips through a hand-designed chain for that style, embedding
 every render with the speech style model and averaging (``afxcli.tasks.style.make_style_preset``).
+For a model with a matched EQ stage (``afxcli.tasks.eqmatch``) the preset also stores the renders'
+mean smoothed spectrum (each normalized to unit mean power) at the model rate, which the stage
+matches in place of a reference recording.
 ``afx style-transfer IN --preset warm`` then uses it in place of a reference recording.
 
 Styles (physical values, clipped into each clip's rate's ranges):
@@ -39,6 +42,9 @@ from afxcli.audio import read_audio  # noqa: E402
 from afxcli.effects.chain import Chain  # noqa: E402
 from afxcli.tasks.loudness import fast_lufs  # noqa: E402
 from afxcli.render import render_chain  # noqa: E402
+from afxcli.audio import resample  # noqa: E402
+from afxcli.tasks.eqmatch import spectrum_to_json  # noqa: E402
+from afxcli.tasks.rulebased import smoothed_spectrum  # noqa: E402
 from afxcli.tasks.style import StylePredictor, make_style_preset, resolve_model_path  # noqa: E402
 
 EQ_COMP = [{"type": "peq"}, {"type": "compressor"}]
@@ -111,6 +117,8 @@ def build(model: str | None, clips: str | None, out_dir: Path, max_clips: int, m
         raise SystemExit("no speech clips found")
     embeddings: dict[str, list[np.ndarray]] = {s: [] for s in styles}
     levels: dict[str, list[float]] = {s: [] for s in styles}
+    spectra: dict[str, list[np.ndarray]] = {s: [] for s in styles}   # smoothed, at the model rate
+    model_sr = int(pred.sample_rate)
     used = 0
     for p in paths:
         audio, sr = read_audio(p)
@@ -122,6 +130,9 @@ def build(model: str | None, clips: str | None, out_dir: Path, max_clips: int, m
             styled = render_style(audio, sr, s)
             embeddings[s].append(pred.embed(styled, sr))
             levels[s].append(fast_lufs(styled, sr))
+            if pred.match_eq:   # the model matches the reference's spectrum first: store the examples'
+                f, p_sm = smoothed_spectrum(resample(styled, sr, model_sr), model_sr)
+                spectra[s].append(p_sm / max(float(np.mean(p_sm)), 1e-20))   # level-free shape
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for s in styles:
@@ -133,7 +144,9 @@ def build(model: str | None, clips: str | None, out_dir: Path, max_clips: int, m
                                  extra={"model": str(pred.path.name if pred.path else ""), "recipe": recipe,
                                         # the loudness the preset matches (energy mean of the examples')
                                         "level_lufs": round(10 * math.log10(np.mean(
-                                            [10 ** (v / 10) for v in levels[s] if math.isfinite(v)])), 3)})
+                                            [10 ** (v / 10) for v in levels[s] if math.isfinite(v)])), 3),
+                                        **({"spectrum": spectrum_to_json(f, np.mean(spectra[s], axis=0), model_sr)}
+                                           if spectra[s] else {})})
         path = out_dir / f"{s}.json"
         path.write_text(json.dumps(data, indent=1) + "\n")
         written.append(path)

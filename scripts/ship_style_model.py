@@ -88,9 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         "file": weights.name, "sha256": sha, "bytes": weights.stat().st_size,
         "parameters": int(sum(v.numel() for v in data["model_state"].values() if v.is_floating_point())),
         "method": "DeepAFx-ST self-supervised production style transfer (Steinmetz et al., JAES 2022, §2.1): "
-                  "one clip, two random styles, halves swapped; shared-weight analyzer (log-mel → "
+                  "one clip, two random styles, halves swapped; "
+                  + (f"a DSP first stage matches the input's long-term spectrum to the reference's "
+                     f"({cfg['data']['match_eq']}-octave graphic EQ fitted to the DeepAFx-ST §3.3 matching "
+                     f"response, afxcli/tasks/eqmatch.py), the network sees and processes its output; "
+                     if cfg["data"].get("match_eq") else "")
+                  + "shared-weight analyzer (log-mel → "
                   "production statistics → learned projection) on input and reference → controller MLP → "
-                  f"22 chain parameters; loss {loss_text} through the chain's torch twins (AD).",
+                  f"{sum(len(e.get('free', {})) for e in data['chain_spec']['effects'])} "
+                  f"chain parameters; loss {loss_text} through the chain's torch twins (AD).",
         "analyzer": {"frontend": opts.get("frontend"), "frontend_options": fe, "encoder": opts.get("encoder"),
                      "encoder_options": opts.get("encoder_options") or {}, "controller_hidden": opts.get("hidden")},
         "chain": data["chain_spec"],
@@ -105,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": f".venv/bin/python scripts/train_style.py --config {args.config} --out {args.run}",
             "ship_command": f".venv/bin/python scripts/ship_style_model.py --run {args.run} --domain {args.domain} "
                             f"--config {args.config} --n {args.n}",
+            "init_weights": cfg.get("init_weights"),
             "steps_planned": cfg["steps"], "steps_reached": int(last.get("step", 0)),
             "shipped_step": int(data.get("step", 0)), "best_val_loss": data.get("best_val_loss"),
             "batch_size": cfg["batch_size"], "lr": cfg["lr"], "schedule": cfg["schedule"],

@@ -262,10 +262,16 @@ class GraphicEQ(_BiquadEQ):
     bands whose center exceeds ``max_freq_hz(sample_rate)`` are dropped. Parameters
     ``band_<nominal>hz_gain_db`` (``p`` for a decimal point: ``band_31p5hz_gain_db``), -12 .. 12 dB,
     default 0. Twin: one pedalboard ``PeakFilter`` per band.
+
+    Option ``shelves`` (default false): the lowest and the highest band kept are shelves instead of
+    peaks (Q 1/√2, corners one octave inside the band: twice the lowest center, half the highest),
+    which reach their gain near the band's center and hold it beyond, down to DC and up to Nyquist
+    (a graphic EQ whose top band is a peak cannot shape the region above it: at 44.1 kHz the
+    16–22 kHz octave, a quarter of an STFT's bins).
     """
 
     kind = "geq"
-    _allowed_options = ("bands",)
+    _allowed_options = ("bands", "shelves")
     GAIN_DB = 12.0
 
     @property
@@ -295,4 +301,9 @@ class GraphicEQ(_BiquadEQ):
 
     def _layout(self):
         q = self.q
-        return [("peak", center, _band_label(n), q) for n, center in self.bands]
+        out = [("peak", center, _band_label(n), q) for n, center in self.bands]
+        if self.options.get("shelves", False) and len(out) >= 2:
+            shelf_q = 1.0 / math.sqrt(2.0)
+            out[0] = ("low_shelf", 2.0 * out[0][1], out[0][2], shelf_q)
+            out[-1] = ("high_shelf", 0.5 * out[-1][1], out[-1][2], shelf_q)
+        return out

@@ -275,21 +275,27 @@ AUTOMATION_BLOCK = 2048
 
 
 def model_automation(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray,
-                     model_effects: list[dict] | None = None, q: np.ndarray | None = None):
+                     model_effects: list[dict] | None = None, q: np.ndarray | None = None,
+                     lead: list[dict] | None = None):
     """Frame-wise predictions of ``pred`` for ``audio`` against one reference embedding, smoothed
     into a :class:`~afxcli.trace.ParameterTrace` of the chain ``model_effects`` (default: the
     model's) at ``sr`` (DeepAFx §2.3: frame-wise parameters, lowpass-filtered across frames).
     ``q``: the normalized frame predictions ``(frames, n_free)`` when already made
-    (:func:`frame_predictions`)."""
+    (:func:`frame_predictions`). ``lead``: static values of effects that ``model_effects`` starts
+    with before the model's own (the matched EQ stage), held constant in the trace."""
     from ..effects.chain import Chain, normalize_spec
     from ..trace import ParameterTrace, trace_specs, units_of
 
+    lead = list(lead or [])
     if q is None:
         q = frame_predictions(pred, audio, sr, ref_embedding)
     if model_effects is None:
         model_effects = normalize_spec(pred.chain_spec)["effects"]
     chain = Chain({"effects": model_effects}, sr)
-    params = pred.values_frames(q, chain)                               # {key: (frames,)}
+    q = np.atleast_2d(q)
+    params = {f"{lab}.{n}": np.full(q.shape[0], float(v[n]))
+              for lab, fx, v in zip(chain.labels, chain.effects, lead) for n in fx.param_names}
+    params.update(pred.values_frames(q, Chain({"effects": model_effects[len(lead):]}, sr)))
     # frame k of the predictions covers [k·hop, (k + 1)·hop) at the model rate (exact: a whole
     # number of model samples); to_blocks places the frames in time at the file's rate
     hop_model, model_sr = prediction_hop(pred)
@@ -305,11 +311,13 @@ def prediction_hop(pred) -> tuple[int, float]:
     return pred.prediction_hop_samples(AUTOMATION_HOP_SECONDS), float(pred.sample_rate)
 
 
-def frame_predictions(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray) -> np.ndarray:
+def frame_predictions(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray,
+                      match_values: dict | None = None) -> np.ndarray:
     """Normalized predictions ``(frames, n_free)`` of ``pred`` every :func:`prediction_hop` for
-    ``audio`` against ``ref_embedding`` (no effect or torch import on the NumPy backend)."""
+    ``audio`` against ``ref_embedding`` (no effect or torch import on the NumPy backend);
+    ``match_values``: the matched EQ stage's gains at the model rate, for a model that has one."""
     hop_model, model_sr = prediction_hop(pred)
-    e, _ = pred.embed_frames(audio, sr, hop_model / model_sr)
+    e, _ = pred.embed_frames(audio, sr, hop_model / model_sr, match_values=match_values)
     return pred.predict_normalized(e, ref_embedding)
 
 
@@ -323,20 +331,32 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
     if ctx.method == "model":
         pred = ctx.predictor
         # the analysis first (NumPy backend): the effects' import (prefetch_imports) goes on meanwhile
+        lead, g_model, x_an = [], None, None
+        if pred.match_eq:   # the matched EQ stage: designed at the model rate (analysis) and at the file's
+            x_an = pred.analysis_copy(audio, sr)
+            g_model, g_file, _ = pred.match_stage(audio, sr, ctx.ref_audio, ctx.ref_sr,
+                                                  ctx.reference_spectrum(), x_an)
+            lead = [g_file]
         if ctx.time_varying:
-            q = frame_predictions(pred, audio, sr, ctx.reference_embedding())
+            q = frame_predictions(pred, audio, sr, ctx.reference_embedding(), g_model)
         else:
-            q = pred.predict_normalized(pred.embed(audio, sr), ctx.reference_embedding())
+            if x_an is None:
+                x_an = pred.analysis_copy(audio, sr)
+            elif g_model is not None:
+                from .eqmatch import apply_matched_geq
+
+                x_an = apply_matched_geq(x_an, pred.sample_rate, g_model, pred.match_eq)
+            q = pred.predict_normalized(pred.embed_analysis(x_an), ctx.reference_embedding())
         from ..effects.chain import Chain, normalize_spec
 
-        model_effects = normalize_spec(pred.chain_spec)["effects"]
+        model_effects = normalize_spec(pred.render_spec)["effects"]
         chain = Chain(master_chain_spec(model_effects, ctx.ceiling), sr)
         tail = [dict(v) for v in chain.base_values()[len(model_effects):]]
         if ctx.time_varying:
-            automation, sub = model_automation(pred, audio, sr, ctx.reference_embedding(), model_effects, q)
+            automation, sub = model_automation(pred, audio, sr, ctx.reference_embedding(), model_effects, q, lead)
             values = sub.values_from_flat(automation.reduce("median")) + tail
         else:
-            values = pred.values(q, chain) + tail
+            values = lead + pred.values(q, Chain(pred.chain_spec, sr)) + tail
         described = {"model_id": pred.model_id, "model": str(pred.path) if pred.path else None,
                      "time_varying": bool(ctx.time_varying)}
     elif ctx.method == "rule-based":

@@ -17,3 +17,8 @@ class ReferenceEmbedding:
             if self._ref_embedding is None:
                 self._ref_embedding = self.predictor.embed(self.ref_audio, self.ref_sr)
             return self._ref_embedding
+
+    def reference_spectrum(self):
+        """An adaptive preset's stored spectrum ``((freqs_hz, power), rate)`` (None with a
+        reference recording, whose own spectrum is used, or a preset without one)."""
+        return self.style_preset.spectrum if self.style_preset is not None else None

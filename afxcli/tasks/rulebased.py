@@ -149,31 +149,53 @@ def fir_filter_centered(audio: np.ndarray, taps: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out[:, lo:lo + n])
 
 
-def design_matched_eq(audio: np.ndarray, sample_rate: float, ref_audio: np.ndarray, ref_rate: float,
-                      max_gain_db: float = 12.0, fraction: float = 3.0, taps_seconds: float = 0.046,
-                      f_low_hz: float = 30.0) -> MatchedEQ:
-    """FIR EQ moving the smoothed average spectrum of ``audio`` toward ``ref_audio``'s (DeepAFx-ST
-    §3.3). Both ``(channels, samples)``, each at its own rate. The desired response is held flat
-    above the lower of the two Nyquist frequencies (×0.95) and constant below ``f_low_hz``."""
-    from scipy.signal import firwin2
+def smoothed_spectrum(audio: np.ndarray, sample_rate: float, fraction: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(freqs_hz, power)``: :func:`average_spectrum` of ``audio`` ``(channels, samples)`` after
+    :func:`smooth_fractional_octave` (1/``fraction`` octave)."""
+    f, p = average_spectrum(audio, sample_rate)
+    return f, smooth_fractional_octave(f, p, fraction)
 
-    f_in, p_in = average_spectrum(audio, sample_rate)
-    f_rf, p_rf = average_spectrum(ref_audio, ref_rate)
+
+def matched_response_db(audio: np.ndarray, sample_rate: float, ref_audio: np.ndarray | None, ref_rate: float,
+                        fraction: float = 3.0, f_low_hz: float = 30.0, f_max_hz: float = 16000.0,
+                        ref_spectrum: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The matching EQ's desired response (DeepAFx-ST §3.3): ``10·log10(P_ref,sm(f) / P_in,sm(f))``
+    of the fractional-octave smoothed average spectra (each file at its own rate), with its level
+    removed (the mean over log-spaced frequency, each octave counting the same, between ``f_low_hz``
+    and ``f_top``), held constant below ``f_low_hz`` and flat (0 dB) above ``f_top = min(0.95·lower
+    Nyquist, f_max_hz)``. Returns ``(freqs_hz (bins,), response_db (bins,), f_top)`` on the input's
+    Welch grid (not clamped). ``ref_spectrum``: the reference's :func:`smoothed_spectrum` (at
+    ``ref_rate``) in place of ``ref_audio`` (a stored one, e.g. an adaptive preset's)."""
+    f_in, s_in = smoothed_spectrum(audio, sample_rate, fraction)
+    f_rf, s_rf = ref_spectrum if ref_spectrum is not None else smoothed_spectrum(ref_audio, ref_rate, fraction)
     floor = 1e-12
-    s_in = smooth_fractional_octave(f_in, p_in, fraction) + floor
-    s_rf = np.interp(f_in, f_rf, smooth_fractional_octave(f_rf, p_rf, fraction)) + floor
+    s_in = s_in + floor
+    s_rf = np.interp(f_in, f_rf, s_rf) + floor
     ratio_db = 10.0 * np.log10(s_rf / s_in)
-    f_top = 0.95 * min(sample_rate, ref_rate) / 2
-    band = (f_in >= f_low_hz) & (f_in <= min(f_top, 16000.0))
+    f_top = min(0.95 * min(sample_rate, ref_rate) / 2, float(f_max_hz))
+    band = (f_in >= f_low_hz) & (f_in <= f_top)
     if not np.any(band):
         raise AfxError("audio too short or rate too low for a matched EQ")
-    # remove the level difference: mean over log-spaced frequency (each octave counts the same)
     w = np.where(band, 1.0 / np.maximum(f_in, 1.0), 0.0)
     ratio_db = ratio_db - float(np.sum(w * ratio_db) / np.sum(w))
     lo_val = ratio_db[np.argmax(f_in >= f_low_hz)]
     ratio_db = np.where(f_in < f_low_hz, lo_val, ratio_db)
     # above the reference's Nyquist nothing is known: fade to flat
-    ratio_db = np.where(f_in > f_top, 0.0, ratio_db)
+    ratio_db = np.where(f_in > 0.95 * min(sample_rate, ref_rate) / 2, 0.0, ratio_db)
+    return f_in, ratio_db, f_top
+
+
+def design_matched_eq(audio: np.ndarray, sample_rate: float, ref_audio: np.ndarray, ref_rate: float,
+                      max_gain_db: float = 12.0, fraction: float = 3.0, taps_seconds: float = 0.046,
+                      f_low_hz: float = 30.0) -> MatchedEQ:
+    """FIR EQ moving the smoothed average spectrum of ``audio`` toward ``ref_audio``'s (DeepAFx-ST
+    §3.3). Both ``(channels, samples)``, each at its own rate. The desired response
+    (:func:`matched_response_db`) is held flat above the lower of the two Nyquist frequencies (×0.95)
+    and constant below ``f_low_hz``."""
+    from scipy.signal import firwin2
+
+    f_in, ratio_db, _ = matched_response_db(audio, sample_rate, ref_audio, ref_rate, fraction, f_low_hz)
     gain_db = np.clip(ratio_db, -max_gain_db, max_gain_db)
     numtaps = int(taps_seconds * sample_rate) | 1
     freqs = f_in / (sample_rate / 2)

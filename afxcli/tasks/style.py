@@ -169,10 +169,26 @@ class StylePredictor:
         return self.numpy_model is not None or \
             getattr(self._model.analyzer.frontend, "channels", "keep") == "mono"
 
-    def embed(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
-        """Style embedding ``(embed_dim,)`` of a whole recording ``(channels, samples)``: resampled
-        to the model rate, analyzed by windows and averaged (at most :data:`MAX_WINDOWS` windows,
-        evenly spread over a long file)."""
+    @property
+    def match_eq(self) -> str | None:
+        """The matched-EQ first stage of the model (``"third"``/``"octave"`` bands, or None): the
+        model was trained on inputs matched to the reference by :mod:`afxcli.tasks.eqmatch`."""
+        return (self.config.get("data") or {}).get("match_eq")
+
+    @property
+    def render_spec(self) -> dict:
+        """The chain :meth:`predict`'s values are for, rendered at the file's rate: the matched EQ
+        stage (if the model has one) followed by the model's chain."""
+        if not self.match_eq:
+            return self.chain_spec
+        from .eqmatch import match_eq_spec
+
+        return {**self.chain_spec, "effects": [match_eq_spec(self.match_eq)] + list(self.chain_spec["effects"])}
+
+    def analysis_copy(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        """What the analyzer sees of a whole recording ``(channels, samples)``: float32
+        ``(channels', samples')`` at the model rate (mono when the front end mixes to mono; a long
+        file is cut to at most :data:`MAX_WINDOWS` evenly spread windows before resampling)."""
         from ..audio import resample_for_analysis as resample
 
         a = np.asarray(audio, dtype=np.float32)
@@ -186,7 +202,10 @@ class StylePredictor:
             w_in = int(math.ceil(w / ratio)) + 1
             starts = np.linspace(0, a.shape[-1] - w_in, MAX_WINDOWS).astype(int)
             a = np.concatenate([a[:, s:s + w_in] for s in starts], axis=-1)
-        x = resample(a, sample_rate, self.sample_rate)
+        return resample(a, sample_rate, self.sample_rate)
+
+    def embed_analysis(self, x: np.ndarray) -> np.ndarray:
+        """Style embedding ``(embed_dim,)`` of an :meth:`analysis_copy` (windows averaged)."""
         if self.numpy_model is not None:
             return self.numpy_model.embed_windows(x[0], self.window_samples)
         import torch
@@ -195,6 +214,12 @@ class StylePredictor:
             e = self._model.analyzer.embed_windows(torch.from_numpy(np.ascontiguousarray(x))[None],
                                                    self.window_samples)
         return e[0].numpy().astype(np.float64)
+
+    def embed(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        """Style embedding ``(embed_dim,)`` of a whole recording ``(channels, samples)``: resampled
+        to the model rate, analyzed by windows and averaged (at most :data:`MAX_WINDOWS` windows,
+        evenly spread over a long file)."""
+        return self.embed_analysis(self.analysis_copy(audio, sample_rate))
 
     @property
     def frame_hop_samples(self) -> int:
@@ -213,14 +238,16 @@ class StylePredictor:
         return max(1, int(round(float(target_seconds) * self.sample_rate / hop))) * hop
 
     def embed_frames(self, audio: np.ndarray, sample_rate: float, hop_seconds: float,
-                     max_batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                     max_batch: int = 32, match_values: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Frame-wise style embeddings of a recording ``(channels, samples)``: one analysis window
         (the model's ``window_samples`` at its rate) centered every ``hop_seconds``, clipped to the
         file (zero-padded only when the file is shorter than a window). Returns
         ``(embeddings (n_frames, embed_dim), centers_s (n_frames,))`` with ``n_frames =
         ceil(duration / hop_seconds)``, frame ``j`` centered at ``(j + 0.5) · hop_seconds``
         (the :class:`~afxcli.trace.ParameterTrace` convention). The NumPy backend transforms the
-        frames that overlapping windows share once (:mod:`afxcli.nn.numpy_infer`)."""
+        frames that overlapping windows share once (:mod:`afxcli.nn.numpy_infer`). ``match_values``:
+        the matched EQ stage's gains at the model rate (:meth:`match_stage`), applied to the
+        analysis copy first."""
         from ..audio import resample_for_analysis as resample
 
         if not hop_seconds > 0:
@@ -229,6 +256,10 @@ class StylePredictor:
         if a.shape[0] > 1:
             a = a.mean(axis=0, keepdims=True)
         x = resample(a, sample_rate, self.sample_rate)
+        if match_values is not None:
+            from .eqmatch import apply_matched_geq
+
+            x = apply_matched_geq(x, self.sample_rate, match_values, self.match_eq)
         n, w = x.shape[-1], self.window_samples
         if n < w:
             x = np.pad(x, ((0, 0), (0, w - n)))
@@ -293,18 +324,57 @@ class StylePredictor:
         return [{n: float(flat[f"{lab}.{n}"][0]) for n in fx.param_names}
                 for lab, fx, _ in zip(chain.labels, chain.effects, self.model_chain.effects)]
 
+    def match_stage(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
+                    ref_sr: float | None = None, ref_spectrum: tuple | None = None,
+                    input_analysis: np.ndarray | None = None):
+        """The matched EQ stage's band gains ``(at the model rate for the analysis copy, at the
+        file's rate for the render, the reference's analysis copy or None)`` for a model with
+        :attr:`match_eq`; the reference is its audio or ``ref_spectrum`` (see :meth:`predict`)."""
+        from .eqmatch import design_matched_geq
+
+        sr_m, bands = self.sample_rate, self.match_eq
+        x = input_analysis if input_analysis is not None else self.analysis_copy(input_audio, input_sr)
+        if ref_audio is not None and ref_sr is not None:
+            r = self.analysis_copy(ref_audio, ref_sr)
+            return (design_matched_geq(x, sr_m, r, sr_m, bands),
+                    design_matched_geq(input_audio, input_sr, ref_audio, ref_sr, bands), r)
+        if ref_spectrum is not None:
+            spec, rate = ref_spectrum
+            return (design_matched_geq(x, sr_m, None, rate, bands, ref_spectrum=spec),
+                    design_matched_geq(input_audio, input_sr, None, rate, bands, ref_spectrum=spec), None)
+        raise AfxError("this style model matches the reference's spectrum first: it needs a "
+                       "reference recording or a preset with a stored spectrum")
+
     def predict(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
-                ref_sr: float | None = None, ref_embedding: np.ndarray | None = None) -> list[dict[str, float]]:
-        """Per-effect physical values of the model's chain at ``input_sr`` (reference audio or a
-        stored reference embedding)."""
+                ref_sr: float | None = None, ref_embedding: np.ndarray | None = None,
+                ref_spectrum: tuple | None = None) -> list[dict[str, float]]:
+        """Per-effect physical values of :attr:`render_spec` at ``input_sr`` from the reference audio
+        or a stored reference embedding (with ``ref_audio`` too, it saves embedding the reference
+        again).
+
+        With a matched EQ stage (:attr:`match_eq`): the stage's band gains are designed from the
+        input and the reference twice — at the model rate on the analysis copies, which the input's
+        embedding is then taken *after* (as in training), and at the file's rate, the values
+        rendered. The reference is its audio, or ``ref_spectrum`` = ``((freqs_hz, power), rate)``,
+        a stored :func:`~afxcli.tasks.rulebased.smoothed_spectrum` (an adaptive preset's)."""
         from ..effects.chain import Chain
 
+        x = self.analysis_copy(input_audio, input_sr)
+        first: list[dict[str, float]] = []
+        if self.match_eq:
+            from .eqmatch import apply_matched_geq
+
+            g_model, g_file, r = self.match_stage(input_audio, input_sr, ref_audio, ref_sr, ref_spectrum, x)
+            first = [g_file]
+            if ref_embedding is None and r is not None:
+                ref_embedding = self.embed_analysis(r)
+            x = apply_matched_geq(x, self.sample_rate, g_model, self.match_eq)
         if ref_embedding is None:
             if ref_audio is None or ref_sr is None:
                 raise AfxError("style prediction needs a reference or a style preset")
             ref_embedding = self.embed(ref_audio, ref_sr)
-        q = self.predict_normalized(self.embed(input_audio, input_sr), ref_embedding)
-        return self.values(q, Chain(self.chain_spec, input_sr))
+        q = self.predict_normalized(self.embed_analysis(x), ref_embedding)
+        return first + self.values(q, Chain(self.chain_spec, input_sr))
 
 
 def match_output_loudness(chain, audio: np.ndarray, values: list[dict[str, float]],
@@ -348,6 +418,8 @@ class StylePreset:
     model_id: str
     path: Path | None = None
     level_lufs: float | None = None   # the examples' mean loudness: the level a preset matches
+    #: the examples' mean smoothed spectrum ``((freqs_hz, power), rate)``, for a model with a matched EQ stage
+    spectrum: tuple | None = None
 
 
 def make_style_preset(name: str, description: str, embeddings: Sequence[np.ndarray], model_id: str,
@@ -401,8 +473,16 @@ def load_style_preset(path: str | Path) -> StylePreset:
     level = data.get("level_lufs")
     if level is not None and not (isinstance(level, (int, float)) and math.isfinite(level)):
         raise AfxError(f"{p}: level_lufs must be a finite number")
+    spectrum = None
+    if data.get("spectrum") is not None:
+        from .eqmatch import spectrum_from_json
+
+        try:
+            spectrum = spectrum_from_json(data["spectrum"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise AfxError(f"{p}: bad 'spectrum' ({e})") from None
     return StylePreset(str(data.get("name", p.stem)), str(data.get("description", "")), emb,
-                       str(data.get("model_id", "")), p, None if level is None else float(level))
+                       str(data.get("model_id", "")), p, None if level is None else float(level), spectrum)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -532,9 +612,9 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
                          + json.dumps(s.eq.band_gains_db()) + ")")
     else:
         pred = ctx.predictor
-        chain = Chain(pred.chain_spec, sr)
-        e_in = pred.embed(audio, sr)
-        values = pred.values(pred.predict_normalized(e_in, ctx.reference_embedding()), chain)
+        chain = Chain(pred.render_spec, sr)
+        values = pred.predict(audio, sr, ctx.ref_audio, ctx.ref_sr, ref_embedding=ctx.reference_embedding(),
+                              ref_spectrum=ctx.style_preset.spectrum if ctx.style_preset is not None else None)
         if ctx.ref_level_lufs is not None:  # output loudness = the reference's (or the preset's)
             values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs)
             if level_note:

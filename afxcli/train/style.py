@@ -269,13 +269,17 @@ class StylePairDataset(ClipDataset):
     ``q_input``, ``q_reference`` ``(n_free,)`` and ``name``.
 
     ``files``: audio paths (None: generated :func:`~afxcli.train.data.music_like` clips).
+    ``match_eq``: ``"third"``/``"octave"`` — the ``input`` is returned *after* the matched graphic
+    EQ (:mod:`afxcli.tasks.eqmatch`) designed from the input and reference halves, the DSP first
+    stage of a ``match_eq`` style model (the target is unchanged), and the input before it as
+    ``unmatched_input``.
     """
 
     def __init__(self, files: Sequence[str | Path] | None, chain_spec: dict, sample_rate: int,
                  clip_samples: int, channels: int = 1, items_per_epoch: int = 1000, seed: int = 0,
                  peak_db: float | None = -12.0, bypass_probability: float = 0.1,
                  min_energy: float = DEFAULT_MIN_ENERGY, max_tries: int = 10, store=None,
-                 groups: Sequence[str] | None = None) -> None:
+                 groups: Sequence[str] | None = None, match_eq: str | None = None) -> None:
         from ..effects.chain import Chain
 
         super().__init__(items_per_epoch, seed)
@@ -289,6 +293,7 @@ class StylePairDataset(ClipDataset):
         self.sample_rate, self.clip_samples, self.channels = int(sample_rate), int(clip_samples), int(channels)
         self.peak_db, self.bypass_probability = peak_db, float(bypass_probability)
         self.min_energy, self.max_tries = float(min_energy), int(max_tries)
+        self.match_eq = match_eq
         self._durations = _Durations()
         self.store = store
         # files of the same group (speaker, track): a short file is continued within its group
@@ -351,6 +356,13 @@ class StylePairDataset(ClipDataset):
         y = np.nan_to_num(y)
         x_i, x_r = peak_normalize(y[0], self.peak_db), peak_normalize(y[1], self.peak_db)
         item = make_pair(x_i, x_r, int(rng.integers(2)))
+        if self.match_eq:   # the DSP first stage: the model sees (and its chain processes) the matched input
+            from ..tasks.eqmatch import apply_matched_geq, design_matched_geq
+
+            xi, xr = item["input"].numpy(), item["reference"].numpy()
+            gains = design_matched_geq(xi, self.sample_rate, xr, self.sample_rate, self.match_eq)
+            item["unmatched_input"] = item["input"]
+            item["input"] = torch.from_numpy(apply_matched_geq(xi, self.sample_rate, gains, self.match_eq))
         item.update({"q_input": q[0], "q_reference": q[1], "name": name})
         return item
 
@@ -400,7 +412,8 @@ def style_dataset(config: dict, chain_spec: dict, split: str) -> StylePairDatase
 
         store = PCMStore.open_or_build(files, d["sample_rate"], d["channels"])
     return StylePairDataset(files, chain_spec, d["sample_rate"], d["clip_samples"], d["channels"], items, seed,
-                            d["peak_db"], d["bypass_probability"], d["min_energy"], store=store, groups=groups)
+                            d["peak_db"], d["bypass_probability"], d["min_energy"], store=store, groups=groups,
+                            match_eq=d["match_eq"])
 
 
 def style_val_batches(config: dict, chain_spec: dict) -> list[dict]:
@@ -447,6 +460,9 @@ class StyleTask(ChainTask):
         "peak_db": Field(-12.0, OPT_FLOAT, doc="peak normalization of clip and styles (DeepAFx-ST: -12)"),
         "bypass_probability": Field(0.1, FLOAT, fraction, "per style and effect: a mild, almost-bypass setting"),
         "min_energy": Field(DEFAULT_MIN_ENERGY, FLOAT, non_negative, "redraw crops with a half at or below this mean x²"),
+        "match_eq": Field(None, OPT_STR, optional(one_of("third", "octave")),
+                          "DSP first stage: the input is matched to the reference by a graphic EQ "
+                          "(afxcli.tasks.eqmatch) before the model sees and processes it"),
         "decoded_cache": Field(False, BOOL, doc="decode the files once into a float16 store in the user cache "
                                "(afxcli.train.pcm); crops are then slices, not decodes"),
     }
@@ -508,7 +524,8 @@ class StyleTask(ChainTask):
 
 def evaluate(model: torch.nn.Module, chain, batches: list[dict]) -> dict[str, float]:
     """MR-STFT error (DeepAFx-ST §4.1's "STFT" metric: log + linear L1 over W ∈ {32 … 32768}, no
-    time term) of the input and of the model's output against the targets, averaged over items."""
+    time term) of the input and of the model's output against the targets, averaged over items
+    (the input *before* a matched EQ stage, ``unmatched_input``, where the batches have one)."""
     from ..losses import MultiResolutionSTFTLoss
 
     metric = MultiResolutionSTFTLoss(time_weight=0.0, reduction="none")
@@ -517,7 +534,7 @@ def evaluate(model: torch.nn.Module, chain, batches: list[dict]) -> dict[str, fl
     with torch.no_grad():
         for b in batches:
             y = chain(b["input"], model(b["input"], b["reference"]), mode="exact")
-            e_in.append(metric.spectral_terms(b["input"], b["target"]))
+            e_in.append(metric.spectral_terms(b.get("unmatched_input", b["input"]), b["target"]))
             e_out.append(metric.spectral_terms(y, b["target"]))
     e_in_t, e_out_t = torch.cat(e_in), torch.cat(e_out)
     mi, mo = float(e_in_t.mean()), float(e_out_t.mean())
