@@ -29,8 +29,9 @@ def test_shipped_model_matches_its_card_and_predicts_in_range(domain, rate):
     rng = np.random.default_rng(0)
     x = (0.1 * rng.standard_normal((2, 3 * rate))).astype(np.float32)
     ref = (0.3 * rng.standard_normal((1, 2 * rate))).astype(np.float32)
-    chain = Chain(pred.chain_spec, rate)
+    chain = Chain(pred.render_spec, rate)
     values = pred.predict(x, rate, ref, rate)
+    assert len(values) == len(chain.effects)
     for fx, v in zip(chain.effects, values):
         for name, val in v.items():
             spec = fx.spec(name)

@@ -52,8 +52,6 @@ def average_spectrum(audio: np.ndarray, sample_rate: float, frame_seconds: float
     Equal to ``scipy.signal.welch`` of the channel mean (tests) when the file has at most
     ``max_frames`` frames; longer files average ``max_frames`` of Welch's frames evenly spread over
     the whole file (the mono mix is formed only for those frames, no whole-file copy)."""
-    from scipy.signal import get_window, welch
-
     a = np.asarray(audio)
     if a.ndim == 1:
         a = a[None]
@@ -61,13 +59,15 @@ def average_spectrum(audio: np.ndarray, sample_rate: float, frame_seconds: float
     n = int(2 ** round(math.log2(max(256.0, frame_seconds * sample_rate))))
     n = min(n, max(256, 2 ** int(math.log2(max(2, length)))))
     if length < n:  # shorter than one frame: scipy's own handling (one shortened segment)
+        from scipy.signal import welch
+
         return welch(mono(a), fs=sample_rate, window="hann", nperseg=n, noverlap=n // 2, detrend=False)
     step = n - n // 2
     n_seg = (length - n) // step + 1
     seg = np.arange(n_seg)
     if max_frames is not None and n_seg > max_frames:
         seg = np.unique(np.round(np.linspace(0, n_seg - 1, int(max_frames))).astype(np.int64))
-    win = get_window("hann", n)
+    win = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)   # scipy's get_window("hann", n): periodic
     frames = np.lib.stride_tricks.sliding_window_view(a, n, axis=-1)[:, seg * step]   # (c, frames, n)
     power = np.zeros(n // 2 + 1)
     for k in range(0, seg.size, 64):
