@@ -46,8 +46,18 @@ def test_shipped_speech_presets_fit_the_speech_model(name):
     assert preset.level_lufs is not None and -60 < preset.level_lufs < 0
 
 
+def _eq_response_db(chain, values, freqs_hz) -> np.ndarray:
+    """Magnitude response (dB) of every EQ effect of ``chain`` (its biquads in series) at ``freqs_hz``."""
+    from afxcli.filters import sos_response_db
+
+    sos = [sec["b"] + sec["a"] for fx, v in zip(chain.effects, values) if hasattr(fx, "biquad_sections")
+           for sec in fx.biquad_sections(v)]
+    return sos_response_db(np.array(sos), chain.sample_rate, freqs_hz)
+
+
 def test_speech_presets_order_as_designed():
     """On a speech-like test signal the presets keep their designed order: telephone cuts the highs
+    (EQ response at 5–7 kHz relative to 1 kHz, the matched stage and the model's EQ together)
     most, bright least of telephone/warm/bright; broadcast compresses hardest."""
     from afxcli.train.data import music_like
 
@@ -56,13 +66,13 @@ def test_speech_presets_order_as_designed():
     rng = np.random.default_rng(3)
     x = music_like(rng, sr, 6 * sr, 1).astype(np.float32)
     x *= (0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * np.arange(x.shape[-1]) / sr)) ** 2  # syllable-rate envelope
-    chain = Chain(pred.chain_spec, sr)
-    e = pred.embed(x, sr)
-    got = {}
+    chain = Chain(pred.render_spec, sr)
+    highs, thr = {}, {}
     for name in ("telephone", "warm", "bright", "neutral", "broadcast"):
         preset = load_style_preset(ROOT / "presets" / "speech" / f"{name}.json")
-        got[name] = Chain.flatten(chain.labels, pred.values(pred.predict_normalized(e, preset.embedding), chain))
-    hs = {n: v["eq.high_shelf_gain_db"] for n, v in got.items()}
-    assert hs["telephone"] < hs["warm"] < hs["bright"], hs
-    thr = {n: v["comp.threshold_db"] for n, v in got.items()}
+        values = pred.predict(x, sr, ref_embedding=preset.embedding, ref_spectrum=preset.spectrum)
+        r = _eq_response_db(chain, values, np.array([1000.0, 5000.0, 6000.0, 7000.0]))
+        highs[name] = float(r[1:].mean() - r[0])
+        thr[name] = Chain.flatten(chain.labels, values)["comp.threshold_db"]
+    assert highs["telephone"] < highs["warm"] < highs["bright"], highs
     assert thr["broadcast"] == min(thr.values()), thr
