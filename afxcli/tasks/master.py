@@ -331,22 +331,16 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
     if ctx.method == "model":
         pred = ctx.predictor
         # the analysis first (NumPy backend): the effects' import (prefetch_imports) goes on meanwhile
-        lead, g_model, x_an = [], None, None
+        lead, g_model = [], None
+        x_an = pred.analysis_copy(audio, sr) if pred.match_eq or not ctx.time_varying else None
         if pred.match_eq:   # the matched EQ stage: designed at the model rate (analysis) and at the file's
-            x_an = pred.analysis_copy(audio, sr)
             g_model, g_file, _ = pred.match_stage(audio, sr, ctx.ref_audio, ctx.ref_sr,
                                                   ctx.reference_spectrum(), x_an)
             lead = [g_file]
         if ctx.time_varying:
             q = frame_predictions(pred, audio, sr, ctx.reference_embedding(), g_model)
         else:
-            if x_an is None:
-                x_an = pred.analysis_copy(audio, sr)
-            elif g_model is not None:
-                from .eqmatch import apply_matched_geq
-
-                x_an = apply_matched_geq(x_an, pred.sample_rate, g_model, pred.match_eq)
-            q = pred.predict_normalized(pred.embed_analysis(x_an), ctx.reference_embedding())
+            q = pred.predict_normalized(pred.embed_analysis(pred.matched(x_an, g_model)), ctx.reference_embedding())
         from ..effects.chain import Chain, normalize_spec
 
         model_effects = normalize_spec(pred.render_spec)["effects"]

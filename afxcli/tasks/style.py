@@ -256,10 +256,7 @@ class StylePredictor:
         if a.shape[0] > 1:
             a = a.mean(axis=0, keepdims=True)
         x = resample(a, sample_rate, self.sample_rate)
-        if match_values is not None:
-            from .eqmatch import apply_matched_geq
-
-            x = apply_matched_geq(x, self.sample_rate, match_values, self.match_eq)
+        x = self.matched(x, match_values)
         n, w = x.shape[-1], self.window_samples
         if n < w:
             x = np.pad(x, ((0, 0), (0, w - n)))
@@ -345,6 +342,15 @@ class StylePredictor:
         raise AfxError("this style model matches the reference's spectrum first: it needs a "
                        "reference recording or a preset with a stored spectrum")
 
+    def matched(self, x: np.ndarray, match_values: dict | None) -> np.ndarray:
+        """An :meth:`analysis_copy` after the matched EQ stage with ``match_values`` (the gains at
+        the model rate from :meth:`match_stage`); ``x`` itself when None."""
+        if match_values is None:
+            return x
+        from .eqmatch import apply_matched_geq
+
+        return apply_matched_geq(x, self.sample_rate, match_values, self.match_eq)
+
     def predict(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
                 ref_sr: float | None = None, ref_embedding: np.ndarray | None = None,
                 ref_spectrum: tuple | None = None) -> list[dict[str, float]]:
@@ -362,13 +368,11 @@ class StylePredictor:
         x = self.analysis_copy(input_audio, input_sr)
         first: list[dict[str, float]] = []
         if self.match_eq:
-            from .eqmatch import apply_matched_geq
-
             g_model, g_file, r = self.match_stage(input_audio, input_sr, ref_audio, ref_sr, ref_spectrum, x)
             first = [g_file]
             if ref_embedding is None and r is not None:
                 ref_embedding = self.embed_analysis(r)
-            x = apply_matched_geq(x, self.sample_rate, g_model, self.match_eq)
+            x = self.matched(x, g_model)
         if ref_embedding is None:
             if ref_audio is None or ref_sr is None:
                 raise AfxError("style prediction needs a reference or a style preset")
@@ -614,7 +618,7 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
         pred = ctx.predictor
         chain = Chain(pred.render_spec, sr)
         values = pred.predict(audio, sr, ctx.ref_audio, ctx.ref_sr, ref_embedding=ctx.reference_embedding(),
-                              ref_spectrum=ctx.style_preset.spectrum if ctx.style_preset is not None else None)
+                              ref_spectrum=ctx.reference_spectrum())
         if ctx.ref_level_lufs is not None:  # output loudness = the reference's (or the preset's)
             values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs)
             if level_note:
