@@ -200,3 +200,24 @@ def test_speech_presets_of_a_match_eq_model_store_a_spectrum(match_model, tmp_pa
     import json
 
     assert "match.band_1000hz_gain_db" in json.loads((tmp_path / "t.json").read_text())["params"]
+
+
+def test_a_batch_computes_the_reference_spectra_once(match_model, tmp_path, capsys, monkeypatch):
+    from afxcli.cli import main
+    from afxcli.tasks.style import StylePredictor
+
+    calls = []
+    orig = StylePredictor.reference_spectra
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(StylePredictor, "reference_spectra", counted)
+    ins = [_noise_file(tmp_path / f"in{i}.wav", 2.0, 22050, 50 + i, 1, -0.5) for i in range(3)]
+    ref = _noise_file(tmp_path / "ref.wav", 2.0, 22050, 60, 1, 0.5)
+    (tmp_path / "out").mkdir()
+    rc = main(["style-transfer", *map(str, ins), "--ref", str(ref), "--model", str(match_model),
+               "--out-dir", str(tmp_path / "out")])
+    assert rc == 0, capsys.readouterr().err
+    assert len(calls) == 1 and len(list((tmp_path / "out").iterdir())) == 3

@@ -8,7 +8,8 @@ class ReferenceEmbedding:
     """Mixin for a batch context with ``style_preset``, ``predictor``, ``ref_audio``, ``ref_sr``,
     ``_ref_embedding`` (initially ``None``) and ``_lock`` (a ``threading.Lock``): the style
     embedding to match — an adaptive preset's stored one, or the reference's, computed once per
-    batch however many worker threads ask."""
+    batch however many worker threads ask (and, for a model with a matched EQ stage, the reference's
+    spectra)."""
 
     def reference_embedding(self) -> np.ndarray:
         if self.style_preset is not None:
@@ -18,7 +19,14 @@ class ReferenceEmbedding:
                 self._ref_embedding = self.predictor.embed(self.ref_audio, self.ref_sr)
             return self._ref_embedding
 
-    def reference_spectrum(self):
-        """An adaptive preset's stored spectrum ``((freqs_hz, power), rate)`` (None with a
-        reference recording, whose own spectrum is used, or a preset without one)."""
-        return self.style_preset.spectrum if self.style_preset is not None else None
+    def reference_spectra(self):
+        """The reference side of a matched EQ stage (:meth:`afxcli.tasks.style.StylePredictor.
+        reference_spectra`), computed once per batch; an adaptive preset's stored spectrum stands
+        at both rates; None when there is neither."""
+        if self.style_preset is not None:
+            s = self.style_preset.spectrum
+            return None if s is None else (s, s)
+        with self._lock:
+            if getattr(self, "_ref_spectra", None) is None:
+                self._ref_spectra = self.predictor.reference_spectra(self.ref_audio, self.ref_sr)
+            return self._ref_spectra

@@ -321,26 +321,28 @@ class StylePredictor:
         return [{n: float(flat[f"{lab}.{n}"][0]) for n in fx.param_names}
                 for lab, fx, _ in zip(chain.labels, chain.effects, self.model_chain.effects)]
 
-    def match_stage(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
-                    ref_sr: float | None = None, ref_spectrum: tuple | None = None,
-                    input_analysis: np.ndarray | None = None):
+    def reference_spectra(self, ref_audio: np.ndarray, ref_sr: float) -> tuple:
+        """What the matched EQ stage needs of a reference recording ``(channels, samples)``: its
+        smoothed spectrum (:func:`~afxcli.tasks.rulebased.smoothed_spectrum`) at the model rate, of
+        its analysis copy, and at its own rate: ``((spectrum, model rate), (spectrum, ref_sr))``
+        (a batch computes it once, :meth:`afxcli.tasks.reference.ReferenceEmbedding.reference_spectra`)."""
+        from .rulebased import smoothed_spectrum
+
+        r = self.analysis_copy(ref_audio, ref_sr)
+        return ((smoothed_spectrum(r, self.sample_rate), self.sample_rate),
+                (smoothed_spectrum(ref_audio, ref_sr), float(ref_sr)))
+
+    def match_stage(self, input_audio: np.ndarray, input_sr: float, ref_spectra: tuple,
+                    input_analysis: np.ndarray | None = None) -> tuple[dict, dict]:
         """The matched EQ stage's band gains ``(at the model rate for the analysis copy, at the
-        file's rate for the render, the reference's analysis copy or None)`` for a model with
-        :attr:`match_eq`; the reference is its audio or ``ref_spectrum`` (see :meth:`predict`)."""
+        file's rate for the render)`` for a model with :attr:`match_eq`, toward ``ref_spectra``
+        (:meth:`reference_spectra`, or an adaptive preset's stored spectrum at both places)."""
         from .eqmatch import design_matched_geq
 
-        sr_m, bands = self.sample_rate, self.match_eq
+        (spec_m, rate_m), (spec_f, rate_f) = ref_spectra
         x = input_analysis if input_analysis is not None else self.analysis_copy(input_audio, input_sr)
-        if ref_audio is not None and ref_sr is not None:
-            r = self.analysis_copy(ref_audio, ref_sr)
-            return (design_matched_geq(x, sr_m, r, sr_m, bands),
-                    design_matched_geq(input_audio, input_sr, ref_audio, ref_sr, bands), r)
-        if ref_spectrum is not None:
-            spec, rate = ref_spectrum
-            return (design_matched_geq(x, sr_m, None, rate, bands, ref_spectrum=spec),
-                    design_matched_geq(input_audio, input_sr, None, rate, bands, ref_spectrum=spec), None)
-        raise AfxError("this style model matches the reference's spectrum first: it needs a "
-                       "reference recording or a preset with a stored spectrum")
+        return (design_matched_geq(x, self.sample_rate, None, rate_m, self.match_eq, ref_spectrum=spec_m),
+                design_matched_geq(input_audio, input_sr, None, rate_f, self.match_eq, ref_spectrum=spec_f))
 
     def matched(self, x: np.ndarray, match_values: dict | None) -> np.ndarray:
         """An :meth:`analysis_copy` after the matched EQ stage with ``match_values`` (the gains at
@@ -353,7 +355,7 @@ class StylePredictor:
 
     def predict(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
                 ref_sr: float | None = None, ref_embedding: np.ndarray | None = None,
-                ref_spectrum: tuple | None = None) -> list[dict[str, float]]:
+                ref_spectrum: tuple | None = None, ref_spectra: tuple | None = None) -> list[dict[str, float]]:
         """Per-effect physical values of :attr:`render_spec` at ``input_sr`` from the reference audio
         or a stored reference embedding (with ``ref_audio`` too, it saves embedding the reference
         again).
@@ -361,22 +363,28 @@ class StylePredictor:
         With a matched EQ stage (:attr:`match_eq`): the stage's band gains are designed from the
         input and the reference twice — at the model rate on the analysis copies, which the input's
         embedding is then taken *after* (as in training), and at the file's rate, the values
-        rendered. The reference is its audio, or ``ref_spectrum`` = ``((freqs_hz, power), rate)``,
-        a stored :func:`~afxcli.tasks.rulebased.smoothed_spectrum` (an adaptive preset's)."""
+        rendered (:meth:`match_stage`). The reference side is ``ref_spectra``
+        (:meth:`reference_spectra`, computed from ``ref_audio`` when not given) or ``ref_spectrum``
+        = ``((freqs_hz, power), rate)``, a stored smoothed spectrum (an adaptive preset's)."""
         from ..effects.chain import Chain
 
-        x = self.analysis_copy(input_audio, input_sr)
-        first: list[dict[str, float]] = []
-        if self.match_eq:
-            g_model, g_file, r = self.match_stage(input_audio, input_sr, ref_audio, ref_sr, ref_spectrum, x)
-            first = [g_file]
-            if ref_embedding is None and r is not None:
-                ref_embedding = self.embed_analysis(r)
-            x = self.matched(x, g_model)
         if ref_embedding is None:
             if ref_audio is None or ref_sr is None:
                 raise AfxError("style prediction needs a reference or a style preset")
             ref_embedding = self.embed(ref_audio, ref_sr)
+        x = self.analysis_copy(input_audio, input_sr)
+        first: list[dict[str, float]] = []
+        if self.match_eq:
+            if ref_spectra is None and ref_audio is not None and ref_sr is not None:
+                ref_spectra = self.reference_spectra(ref_audio, ref_sr)
+            elif ref_spectra is None and ref_spectrum is not None:
+                ref_spectra = (ref_spectrum, ref_spectrum)
+            if ref_spectra is None:
+                raise AfxError("this style model matches the reference's spectrum first: it needs a "
+                               "reference recording or a preset with a stored spectrum")
+            g_model, g_file = self.match_stage(input_audio, input_sr, ref_spectra, x)
+            first = [g_file]
+            x = self.matched(x, g_model)
         q = self.predict_normalized(self.embed_analysis(x), ref_embedding)
         return first + self.values(q, Chain(self.chain_spec, input_sr))
 
@@ -617,8 +625,8 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
     else:
         pred = ctx.predictor
         chain = Chain(pred.render_spec, sr)
-        values = pred.predict(audio, sr, ctx.ref_audio, ctx.ref_sr, ref_embedding=ctx.reference_embedding(),
-                              ref_spectrum=ctx.reference_spectrum())
+        values = pred.predict(audio, sr, ref_embedding=ctx.reference_embedding(),
+                              ref_spectra=ctx.reference_spectra() if pred.match_eq else None)
         if ctx.ref_level_lufs is not None:  # output loudness = the reference's (or the preset's)
             values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs)
             if level_note:
