@@ -26,7 +26,7 @@ def test_numpy_rbj_sections_equal_the_torch_twin_formulas():
 
 def test_shelved_graphic_eq_ends_are_shelves_and_match_pedalboard():
     geq = GraphicEQ(44100, bands="third", shelves=True)
-    kinds = [s[0] for s in geq._sections]
+    kinds = [s[0] for s in geq.sections]
     assert kinds[0] == "low_shelf" and kinds[-1] == "high_shelf" and set(kinds[1:-1]) == {"peak"}
     rng = np.random.default_rng(1)
     values = {k: float(rng.uniform(-9, 9)) for k in geq.param_names}
@@ -46,11 +46,11 @@ def test_fit_recovers_a_graphic_eq_response(sr):
     rng = np.random.default_rng(sr)
     gains = rng.uniform(-8, 8, len(geq.param_names))
     design = {"peak": rbj_peak, "low_shelf": rbj_low_shelf, "high_shelf": rbj_high_shelf}
-    sos = np.stack([design[k](sr, f, g, q) for (k, f, _, q), g in zip(geq._sections, gains)])
+    sos = np.stack([design[k](sr, f, g, q) for (k, f, _, q), g in zip(geq.sections, gains)])
     freqs = np.geomspace(20, 0.49 * sr, 2000)
     target = sos_response_db(sos, sr, freqs)
     fit = fit_graphic_eq(freqs, target, sr, 30.0, 0.47 * sr)
-    got = np.stack([design[k](sr, f, fit[key], q) for (k, f, key, q) in geq._sections])
+    got = np.stack([design[k](sr, f, fit[key], q) for (k, f, key, q) in geq.sections])
     grid = np.geomspace(40, 0.45 * sr, 300)
     err = np.abs(sos_response_db(got, sr, grid) - sos_response_db(sos, sr, grid))
     assert err.max() < 0.5, err.max()

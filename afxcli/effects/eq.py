@@ -74,6 +74,12 @@ class _BiquadEQ(Effect):
     def n_sections(self) -> int:
         return len(self._sections)
 
+    @property
+    def sections(self) -> list[tuple[str, Any, Any, Any]]:
+        """The layout: ``(kind, freq, gain, q)`` per section in processing order, each of the last
+        three a parameter name or a fixed value."""
+        return list(self._sections)
+
     # ----- parameters -> (freq, q, gain) per section ----------------------------------------------
     def _section_values(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``params`` ``(batch, n[, blocks])`` -> ``freq_hz``, ``q``, ``gain_db`` each

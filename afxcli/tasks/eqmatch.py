@@ -45,7 +45,7 @@ def fit_graphic_eq(freqs_hz: np.ndarray, response_db: np.ndarray, sample_rate: f
     from ..filters import rbj_high_shelf, rbj_low_shelf, rbj_peak, sos_response_db
 
     geq = GraphicEQ(sample_rate, **match_eq_spec(bands)["options"])
-    sections = geq._sections            # (kind, center_hz, key, q), one per band
+    sections = geq.sections             # (kind, center_hz, gain key, q), one per band
     design = {"peak": rbj_peak, "low_shelf": rbj_low_shelf, "high_shelf": rbj_high_shelf}
     keys = [sec[2] for sec in sections]
     max_gain_db = min(float(max_gain_db), geq.GAIN_DB)
