@@ -194,9 +194,12 @@ def test_speech_presets_of_a_match_eq_model_store_a_spectrum(match_model, tmp_pa
     lo, mid = np.interp(100.0, f, p_tel), np.interp(1000.0, f, p_tel)
     assert 10 * np.log10(mid / lo) > 15 and not np.allclose(p_tel, p_bright)
     out = tmp_path / "t.wav"
+    capsys.readouterr()
     rc = main(["style-transfer", str(clips / "c0.wav"), "--preset", str(written[0]), "--model",
                str(match_model), "-o", str(out), "--trace", str(tmp_path / "t.json")])
     assert rc == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out   # the stage's bands take one row of the table (all in the trace)
+    assert "match (graphic EQ" in printed and "band_1000hz" not in printed
     import json
 
     assert "match.band_1000hz_gain_db" in json.loads((tmp_path / "t.json").read_text())["params"]

@@ -648,13 +648,21 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
 
 
 def params_table(result: StyleResult, title: str | None = None):
-    """A rich table of the predicted parameters in physical units."""
+    """A rich table of the predicted parameters in physical units. The matched EQ stage's band
+    gains (:mod:`afxcli.tasks.eqmatch`, ~30 of them) take one row: their count and range (every
+    value is in ``--trace``)."""
     from rich.table import Table
+
+    from .eqmatch import MATCH_EQ_LABEL
 
     t = Table(title=title or f"{result.input.name}: {result.method}")
     t.add_column("parameter")
     t.add_column("value", justify="right")
     t.add_column("unit")
+    bands = [v for k, v in result.params.items() if k.startswith(MATCH_EQ_LABEL + ".")]
+    if bands:
+        t.add_row(f"{MATCH_EQ_LABEL} (graphic EQ, {len(bands)} bands)", f"{min(bands):+.1f} … {max(bands):+.1f}", "dB")
     for k, v in result.params.items():
-        t.add_row(k, f"{v:.4g}" if math.isfinite(v) else str(v), result.units.get(k, ""))
+        if not k.startswith(MATCH_EQ_LABEL + "."):
+            t.add_row(k, f"{v:.4g}" if math.isfinite(v) else str(v), result.units.get(k, ""))
     return t
