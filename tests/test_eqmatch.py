@@ -224,3 +224,22 @@ def test_a_batch_computes_the_reference_spectra_once(match_model, tmp_path, caps
                "--out-dir", str(tmp_path / "out")])
     assert rc == 0, capsys.readouterr().err
     assert len(calls) == 1 and len(list((tmp_path / "out").iterdir())) == 3
+
+
+def test_a_preset_without_a_spectrum_is_a_one_line_error_for_a_match_eq_model(match_model, tmp_path, capsys):
+    import json
+
+    from afxcli.cli import main
+    from afxcli.tasks.style import StylePredictor, make_style_preset
+
+    pred = StylePredictor.load(match_model)
+    preset = tmp_path / "old.json"   # as a model without the stage made it: an embedding, no spectrum
+    preset.write_text(json.dumps(make_style_preset("old", "no spectrum", [np.zeros(pred.embed_dim)],
+                                                   pred.model_id, pred.sample_rate)))
+    inp = _noise_file(tmp_path / "in.wav", 2.0, 22050, 70, 1, 0.0)
+    for cmd in (["style-transfer"], ["master"]):
+        out = tmp_path / f"{cmd[0]}.wav"
+        rc = main([*cmd, str(inp), "--preset", str(preset), "--model", str(match_model), "-o", str(out)])
+        err = capsys.readouterr().err
+        assert rc == 2 and "stored spectrum" in err and err.count("afx: error:") == 1, err
+        assert not out.exists()

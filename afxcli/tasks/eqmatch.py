@@ -75,10 +75,10 @@ def design_matched_geq(audio: np.ndarray, sample_rate: float, ref_audio: np.ndar
     stage at ``sample_rate``."""
     from .rulebased import matched_response_db
 
-    f, d, _ = matched_response_db(audio, sample_rate, ref_audio, ref_rate, f_low_hz=f_low_hz,
-                                  f_max_hz=LEVEL_TOP_HZ, ref_spectrum=ref_spectrum)
+    f, d, f_known = matched_response_db(audio, sample_rate, ref_audio, ref_rate, f_low_hz=f_low_hz,
+                                        f_max_hz=LEVEL_TOP_HZ, ref_spectrum=ref_spectrum)
     # fitted up to where the response is known (the FIR design follows it there too)
-    return fit_graphic_eq(f, d, sample_rate, f_low_hz, 0.95 * min(sample_rate, ref_rate) / 2, bands, max_gain_db)
+    return fit_graphic_eq(f, d, sample_rate, f_low_hz, f_known, bands, max_gain_db)
 
 
 def apply_matched_geq(audio: np.ndarray, sample_rate: float, values: dict[str, float],

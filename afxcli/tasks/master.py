@@ -334,11 +334,7 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
         lead, g_model = [], None
         x_an = pred.analysis_copy(audio, sr) if pred.match_eq or not ctx.time_varying else None
         if pred.match_eq:   # the matched EQ stage: designed at the model rate (analysis) and at the file's
-            spectra = ctx.reference_spectra()
-            if spectra is None:
-                raise AfxError("the style model matches the reference's spectrum first: the preset "
-                               "stores none (made with another model)")
-            g_model, g_file = pred.match_stage(audio, sr, spectra, x_an)
+            g_model, g_file = pred.match_stage(audio, sr, ctx.reference_spectra(), x_an)
             lead = [g_file]
         if ctx.time_varying:
             q = frame_predictions(pred, audio, sr, ctx.reference_embedding(), g_model)

@@ -164,8 +164,8 @@ def matched_response_db(audio: np.ndarray, sample_rate: float, ref_audio: np.nda
     of the fractional-octave smoothed average spectra (each file at its own rate), with its level
     removed (the mean over log-spaced frequency, each octave counting the same, between ``f_low_hz``
     and ``f_top``), held constant below ``f_low_hz`` and flat (0 dB) above ``f_top = min(0.95·lower
-    Nyquist, f_max_hz)``. Returns ``(freqs_hz (bins,), response_db (bins,), f_top)`` on the input's
-    Welch grid (not clamped). ``ref_spectrum``: the reference's :func:`smoothed_spectrum` (at
+    Nyquist, f_max_hz)``. Returns ``(freqs_hz (bins,), response_db (bins,), f_known)`` on the input's
+    Welch grid (not clamped), ``f_known = 0.95·lower Nyquist`` the top of what the response knows. ``ref_spectrum``: the reference's :func:`smoothed_spectrum` (at
     ``ref_rate``) in place of ``ref_audio`` (a stored one, e.g. an adaptive preset's)."""
     f_in, s_in = smoothed_spectrum(audio, sample_rate, fraction)
     f_rf, s_rf = ref_spectrum if ref_spectrum is not None else smoothed_spectrum(ref_audio, ref_rate, fraction)
@@ -173,7 +173,8 @@ def matched_response_db(audio: np.ndarray, sample_rate: float, ref_audio: np.nda
     s_in = s_in + floor
     s_rf = np.interp(f_in, f_rf, s_rf) + floor
     ratio_db = 10.0 * np.log10(s_rf / s_in)
-    f_top = min(0.95 * min(sample_rate, ref_rate) / 2, float(f_max_hz))
+    f_known = 0.95 * min(sample_rate, ref_rate) / 2
+    f_top = min(f_known, float(f_max_hz))
     band = (f_in >= f_low_hz) & (f_in <= f_top)
     if not np.any(band):
         raise AfxError("audio too short or rate too low for a matched EQ")
@@ -182,8 +183,8 @@ def matched_response_db(audio: np.ndarray, sample_rate: float, ref_audio: np.nda
     lo_val = ratio_db[np.argmax(f_in >= f_low_hz)]
     ratio_db = np.where(f_in < f_low_hz, lo_val, ratio_db)
     # above the reference's Nyquist nothing is known: fade to flat
-    ratio_db = np.where(f_in > 0.95 * min(sample_rate, ref_rate) / 2, 0.0, ratio_db)
-    return f_in, ratio_db, f_top
+    ratio_db = np.where(f_in > f_known, 0.0, ratio_db)
+    return f_in, ratio_db, f_known
 
 
 def design_matched_eq(audio: np.ndarray, sample_rate: float, ref_audio: np.ndarray, ref_rate: float,

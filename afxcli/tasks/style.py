@@ -332,13 +332,17 @@ class StylePredictor:
         return ((smoothed_spectrum(r, self.sample_rate), self.sample_rate),
                 (smoothed_spectrum(ref_audio, ref_sr), float(ref_sr)))
 
-    def match_stage(self, input_audio: np.ndarray, input_sr: float, ref_spectra: tuple,
+    def match_stage(self, input_audio: np.ndarray, input_sr: float, ref_spectra: tuple | None,
                     input_analysis: np.ndarray | None = None) -> tuple[dict, dict]:
         """The matched EQ stage's band gains ``(at the model rate for the analysis copy, at the
         file's rate for the render)`` for a model with :attr:`match_eq`, toward ``ref_spectra``
-        (:meth:`reference_spectra`, or an adaptive preset's stored spectrum at both places)."""
+        (:meth:`reference_spectra`, or an adaptive preset's stored spectrum at both places; None,
+        a preset that stores none: a one-line error)."""
         from .eqmatch import design_matched_geq
 
+        if ref_spectra is None:
+            raise AfxError("this style model matches the reference's spectrum first: it needs a "
+                           "reference recording or a preset with a stored spectrum")
         (spec_m, rate_m), (spec_f, rate_f) = ref_spectra
         x = input_analysis if input_analysis is not None else self.analysis_copy(input_audio, input_sr)
         return (design_matched_geq(x, self.sample_rate, None, rate_m, self.match_eq, ref_spectrum=spec_m),
@@ -379,9 +383,6 @@ class StylePredictor:
                 ref_spectra = self.reference_spectra(ref_audio, ref_sr)
             elif ref_spectra is None and ref_spectrum is not None:
                 ref_spectra = (ref_spectrum, ref_spectrum)
-            if ref_spectra is None:
-                raise AfxError("this style model matches the reference's spectrum first: it needs a "
-                               "reference recording or a preset with a stored spectrum")
             g_model, g_file = self.match_stage(input_audio, input_sr, ref_spectra, x)
             first = [g_file]
             x = self.matched(x, g_model)
