@@ -18,6 +18,10 @@
   high pass's double pole near z = 1; tests): LUFS within 1e-7 LU.
 - :func:`sosfiltfilt_odd`: ``scipy.signal.sosfiltfilt`` (odd extension, steady-state initial
   conditions, forward then backward) for one section on short rows (parameter traces).
+- :func:`juce_sections_f32`: the float32 coefficients pedalboard's ``PeakFilter`` /
+  ``LowShelfFilter`` / ``HighShelfFilter`` compute (JUCE's cookbook arithmetic in float32), in
+  NumPy: the same formulas as the numba replica :func:`afxcli.dsp.biquad.juce_coefficients_f32`
+  (tests: equal to ≤ 2 float32 ulps) without importing numba or torch.
 - :func:`kaiser_lowpass`: ``scipy.signal.firwin(n, cutoff, window=("kaiser", beta))`` (windowed
   sinc, unit gain at DC).
 """
@@ -95,6 +99,47 @@ def k_weighting_sos(sample_rate: float) -> np.ndarray:
     (pre-filter high shelf, then the RLB high pass)."""
     return np.stack([rbj_high_shelf(sample_rate, 1500.0, 4.0, 1.0 / math.sqrt(2.0)),
                      rbj_high_pass(sample_rate, 38.0, 0.5)])
+
+
+def juce_sections_f32(settings, sample_rate: float) -> np.ndarray:
+    """Sections ``(n, 6)`` float64 ``[b0, b1, b2, 1, a1, a2]`` holding the float32 coefficients that
+    pedalboard's ``PeakFilter``/``LowShelfFilter``/``HighShelfFilter`` compute for ``settings``:
+    ``(kind, freq_hz, gain_db, q)`` per section, kind ``"peak"``, ``"low_shelf"`` or
+    ``"high_shelf"`` (JUCE ``IIRCoefficients`` cookbook formulas, operation by operation in float32,
+    as :func:`afxcli.dsp.biquad.juce_coefficients_f32`)."""
+    f32 = np.float32
+    kinds = np.array([{"peak": 0, "low_shelf": 1, "high_shelf": 2}[k] for k, *_ in settings])
+    freq = np.array([s[1] for s in settings], np.float32)
+    gain_db = np.array([s[2] for s in settings], np.float32)
+    q = np.array([s[3] for s in settings], np.float32)
+    sr = f32(sample_rate)
+    f = np.maximum(np.minimum(np.maximum(freq, f32(0.01)), sr / f32(2) - f32(100.0)), f32(2.0))
+    # powf/sinf/cosf as float64 results rounded to float32 (glibc's are correctly rounded in
+    # practice; NumPy's own float32 SIMD versions are not, and differ by an ulp)
+    x = (gain_db * f32(0.05)).astype(np.float64)
+    gf = np.where(gain_db > f32(-100.0), np.power(10.0, x).astype(np.float32), f32(0.0)).astype(np.float32)
+    amp = np.maximum(f32(0.0), np.sqrt(gf))
+    w = (f32(2) * f32(math.pi) * f) / sr
+    sw, cw = np.sin(w.astype(np.float64)).astype(np.float32), np.cos(w.astype(np.float64)).astype(np.float32)
+    # peaks
+    alpha = sw / (q * f32(2))
+    c2 = f32(-2) * cw
+    peak = [f32(1) + alpha * amp, c2, f32(1) - alpha * amp, f32(1) + alpha / amp, c2, f32(1) - alpha / amp]
+    # shelves
+    am1, ap1 = amp - f32(1), amp + f32(1)
+    beta = sw * np.sqrt(amp) / q
+    am1c = am1 * cw
+    low = [amp * (ap1 - am1c + beta), amp * f32(2) * (am1 - ap1 * cw), amp * (ap1 - am1c - beta),
+           ap1 + am1c + beta, f32(-2) * (am1 + ap1 * cw), ap1 + am1c - beta]
+    high = [amp * (ap1 + am1c + beta), amp * f32(-2) * (am1 + ap1 * cw), amp * (ap1 + am1c - beta),
+            ap1 - am1c + beta, f32(2) * (am1 - ap1 * cw), ap1 - am1c - beta]
+    c = np.where(kinds[None] == 0, np.array(peak, np.float32),
+                 np.where(kinds[None] == 1, np.array(low, np.float32), np.array(high, np.float32)))
+    inv = f32(1) / c[3]
+    out = np.ones((len(settings), 6))
+    for j, i in ((0, 0), (1, 1), (2, 2), (4, 4), (5, 5)):
+        out[:, j] = (c[i] * inv).astype(np.float32)
+    return out
 
 
 def kaiser_lowpass(numtaps: int, cutoff: float, beta: float) -> np.ndarray:

@@ -1,9 +1,14 @@
 """Real-time factors of a mastering chain (6-band EQ -> compressor -> true-peak limiter).
 
 Renders 60 s of stereo 44.1 kHz audio three ways and prints audio seconds per compute second:
-  - pedalboard render (afx inference path, `render_chain` with the pedalboard twins),
+  - pedalboard render (afx inference path, `render_chain` with the pedalboard twins; a static EQ on
+    over 2^17 samples convolves with its twin's impulse response),
   - torch inference render (exact mode, no grad),
-  - torch forward + backward (train mode: frequency-sampled EQ, gradients to the parameters).
+  - torch forward + backward (train mode: frequency-sampled EQ, gradients to the parameters);
+and the matched-EQ stage of ``afx master`` (29-band 1/3-octave graphic EQ with shelved ends, static,
+random ±9 dB gains) two ways: the pedalboard twin's own biquads (one call over the whole file) and
+``render_effect``'s FFT convolution with the twin's impulse response (:mod:`afxcli.dsp.irconv`),
+with their speed ratio (same run) and the largest difference between the two.
 The torch limiter is afx's differentiable approximation of pedalboard's BrickwallLimiter.
 
 Usage: .venv/bin/python benchmarks/render_speed.py [--seconds 60] [--repeats 3]
@@ -80,10 +85,25 @@ def main() -> None:
     torch_train()
     t_train = best_of(torch_train, args.repeats)
 
+    import pedalboard
+
+    from afxcli.effects import create
+    from afxcli.render import render_effect
+
+    geq = create("geq", sr, bands="third", shelves=True)
+    g_vals = geq.check_values({k: float(v) for k, v in zip(geq.param_names, rng.uniform(-9, 9, len(geq.param_names)))})
+    t_geq_pb = best_of(lambda: pedalboard.Pedalboard(geq.to_pedalboard(g_vals))(x, sr), args.repeats)
+    t_geq_ir = best_of(lambda: render_effect(geq, x, g_vals), args.repeats)
+    diff = np.max(np.abs(render_effect(geq, x, g_vals) - pedalboard.Pedalboard(geq.to_pedalboard(g_vals))(x, sr)))
+
     print(f"audio: {args.seconds:g} s stereo {sr} Hz, chain: peq(6 bands) -> compressor -> limiter(true peak)")
     print(f"render_rtf_pedalboard: {args.seconds / t_pb:.1f} x")
     print(f"render_rtf_torch_inference: {args.seconds / t_inf:.1f} x")
     print(f"render_rtf_torch_forward_backward: {args.seconds / t_train:.1f} x")
+    print(f"render_rtf_geq29_pedalboard: {args.seconds / t_geq_pb:.1f} x")
+    print(f"render_rtf_geq29_impulse_response: {args.seconds / t_geq_ir:.1f} x")
+    print(f"render_geq29_speedup: {t_geq_pb / t_geq_ir:.2f} x")
+    print(f"render_geq29_max_difference: {diff:.2e} full scale")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,10 @@ class Effect:
     #: Whether the pedalboard twin processes every channel on its own (no linked detection), so
     #: that rendering the channels separately (in parallel threads) gives the same samples.
     channels_independent: ClassVar[bool] = False
+    #: Whether the twin with static values is a linear time-invariant filter (a static EQ): a long
+    #: static render may then convolve with the twin's own impulse response
+    #: (:mod:`afxcli.dsp.irconv`) instead of running it sample by sample.
+    linear_time_invariant: ClassVar[bool] = False
 
     def __init__(self, sample_rate: float, **options: Any) -> None:
         if not (isinstance(sample_rate, (int, float)) and math.isfinite(sample_rate) and sample_rate > 0):

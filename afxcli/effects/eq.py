@@ -49,6 +49,7 @@ class _BiquadEQ(Effect):
     differentiable = True
     has_twin = True
     channels_independent = True  # one biquad cascade per channel
+    linear_time_invariant = True  # with static values
     _allowed_options: tuple[str, ...] = ()
     TRAIN_FILTERS = ("auto", "fs", "exact")
 
@@ -154,6 +155,14 @@ class _BiquadEQ(Effect):
     def _settings_of(self, v: Mapping[str, float]) -> list[tuple[str, float, float, float]]:
         return [(sec[0], *(float(v[x]) if isinstance(x, str) else float(x) for x in sec[1:]))
                 for sec in self._sections]
+
+    def twin_sections(self, values: Mapping[str, float]) -> np.ndarray:
+        """Sections ``(n, 6)`` ``[b0, b1, b2, 1, a1, a2]`` of the pedalboard twin for ``values``: the
+        float32 coefficients its filters compute (:func:`afxcli.filters.juce_sections_f32`; NumPy,
+        no torch), as float64."""
+        from ..filters import juce_sections_f32
+
+        return juce_sections_f32(self.section_settings(values), self.sample_rate)
 
     def to_pedalboard(self, values: Mapping[str, float]) -> list:
         """One pedalboard plugin per section: ``LowShelfFilter`` / ``PeakFilter`` / ``HighShelfFilter``."""

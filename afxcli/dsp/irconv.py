@@ -1,0 +1,81 @@
+"""Render a static EQ by its impulse response (FFT convolution).
+
+A static EQ is a linear time-invariant filter: its output is the input convolved with its impulse
+response. For long files this is much faster than running its biquads sample by sample (measured
+on a 180 s 44.1 kHz stereo file on 2 shared cores: the 29-band matched graphic EQ of ``afx master``
+took 2.9 s through pedalboard's ``PeakFilter``s and 0.5 s by FFT convolution).
+
+The response is that of the pedalboard twin's own filters: the float32 coefficients its biquads
+compute (``twin_sections``), cascaded in float64 and sampled on the unit circle
+(:func:`sections_impulse_response`: ``h = IDFT_N(Π_k B_k/A_k)``, the response aliased with period
+``N``; ``N`` doubles until the last quarter of ``h`` holds less than 1e-15 of its energy, so the
+aliased tail is under −150 dB). The convolution (overlap-save in float32, :func:`fft_convolve`) is
+then that filter up to float32 FFT round-off (~1e-6 of the peak, tests), closer to the float64
+recursion of the twin's coefficients than pedalboard's own float32 recursion is (measured: 5e-4
+at most on loud music through 29 low, narrow bands).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: First response length tried (samples) and the longest one (then the caller runs the twin).
+IR_START_SAMPLES = 1 << 13
+IR_MAX_SAMPLES = 1 << 20
+#: Energy fraction of the response allowed in its last quarter (−150 dB).
+IR_TAIL_ENERGY = 1e-15
+
+
+def sections_impulse_response(sos: np.ndarray, start: int = IR_START_SAMPLES, max_samples: int = IR_MAX_SAMPLES,
+                              tail_energy: float = IR_TAIL_ENERGY) -> np.ndarray | None:
+    """Impulse response ``(taps,)`` float64 of the cascade of second-order sections ``sos`` ``(n, 6)``
+    (``[b0, b1, b2, a0, a1, a2]``), cut where what follows holds less than ``tail_energy`` of the
+    energy; ``None`` when it has not decayed that far within ``max_samples`` (a pole on or too
+    near the unit circle)."""
+    sos = np.asarray(sos, dtype=np.float64)
+    n = int(start)
+    while n <= max_samples:
+        z = np.exp(-2j * np.pi * np.arange(n // 2 + 1) / n)
+        h_f = np.ones_like(z)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for b0, b1, b2, a0, a1, a2 in sos:
+                h_f *= (b0 + z * (b1 + z * b2)) / (a0 + z * (a1 + z * a2))
+        if not np.all(np.isfinite(h_f)):
+            return None
+        h = np.fft.irfft(h_f, n)
+        energy = np.cumsum(h[::-1] ** 2)[::-1]          # energy from each sample to the end
+        total = float(energy[0])
+        if total == 0.0:
+            return h[:1] * 0.0
+        if energy[n - n // 4] <= tail_energy * total:
+            keep = int(np.argmax(energy <= tail_energy * total))
+            return np.ascontiguousarray(h[:max(keep, 1)])
+        n *= 2
+    return None
+
+
+def fft_convolve(audio: np.ndarray, h: np.ndarray, workers: int = 1) -> np.ndarray:
+    """``audio`` ``(channels, samples)`` convolved with ``h`` ``(taps,)``, causal and cut to the input's
+    length (``y[n] = Σ_k h[k] x[n − k]``, zero initial state): overlap-save with float32 FFTs
+    (``scipy.fft``, ``workers`` threads) in frames of 4–8× the response's length. Returns
+    ``(channels, samples)`` float32."""
+    from scipy import fft as sfft
+
+    x = np.ascontiguousarray(audio, dtype=np.float32)
+    c, n = x.shape
+    m = int(h.size)
+    if m == 1:
+        return x * np.float32(h[0])
+    nfft = 1 << max(14, int(4 * m - 1).bit_length())
+    hop = nfft - m + 1
+    hf = sfft.rfft(np.asarray(h, np.float32), nfft)
+    n_frames = -(-n // hop)
+    xp = np.zeros((c, n_frames * hop + m - 1), np.float32)
+    xp[:, m - 1:m - 1 + n] = x
+    frames = np.lib.stride_tricks.sliding_window_view(xp, nfft, axis=1)[:, ::hop][:, :n_frames]
+    y = np.empty((c, n_frames * hop), np.float32)
+    per = max(1, (1 << 22) // nfft)          # frames per FFT call: ~16 MB of float32 per channel
+    for s in range(0, n_frames, per):
+        spec = sfft.rfft(frames[:, s:s + per], axis=-1, workers=workers)
+        spec *= hf
+        y[:, s * hop:(s + per) * hop] = sfft.irfft(spec, nfft, axis=-1, workers=workers)[..., m - 1:].reshape(c, -1)
+    return y[:, :n]
