@@ -111,6 +111,21 @@ def test_refine_reduces_feature_distance():
     assert res.distance_after < res.distance_before
 
 
+def test_refine_leaves_frozen_effects_where_they_were():
+    """afx master freezes its matched-EQ stage (a fit on the whole file's spectrum): Adam never moves
+    a frozen effect's parameters, while the others still change."""
+    x = music(2.0, -0.6, 6, channels=1)
+    ref = music(3.0, 0.5, 7, channels=1, level=0.8)
+    chain = Chain(master_chain_spec([{"type": "geq", "label": "match"}, {"type": "peq"}, {"type": "compressor"}], -1.0), SR)
+    start = chain.base_values()
+    start[0] = {k: 3.0 * (-1) ** i for i, k in enumerate(start[0])}
+    res = refine(chain, start, x, SR, recording_features(ref, SR), steps=4, lr=0.08, count=1, frozen=["match"])
+    after = res.values_after if res.kept else None
+    assert res.kept, "the free effects should have lowered the distance"
+    assert after[0] == pytest.approx(chain.effects[0].check_values(start[0]), abs=1e-4)
+    assert any(abs(after[1][k] - start[1][k]) > 1e-3 for k in start[1])
+
+
 def test_refine_skips_non_finite_gradients(monkeypatch):
     """A step whose gradient is NaN (here: forced on every other step) is skipped, never applied:
     the refined values stay finite and in range (a NaN gain once reached the EQ kernel)."""

@@ -472,7 +472,10 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
         from .refine import refine
 
         max_hz = 0.95 * min(sr, ctx.ref_sr) / 2
-        res = refine(chain, values, x, sr, ctx.reference_features(max_hz), ctx.refine_steps)
+        from .eqmatch import MATCH_EQ_LABEL
+
+        res = refine(chain, values, x, sr, ctx.reference_features(max_hz), ctx.refine_steps,
+                     frozen=[MATCH_EQ_LABEL])
         values = [dict(v) for v in res.values_after]
         refine_info = res.to_dict()
     t_refine = time.perf_counter()

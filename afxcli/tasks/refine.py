@@ -154,10 +154,13 @@ def _render_excerpts(chain, x: np.ndarray, values: Sequence[Mapping[str, float]]
 
 
 def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, sample_rate: float,
-           ref: Features, steps: int, lr: float = 0.05, count: int = REFINE_SEGMENTS) -> RefineResult:
+           ref: Features, steps: int, lr: float = 0.05, count: int = REFINE_SEGMENTS,
+           frozen: Sequence[str] = ()) -> RefineResult:
     """``steps`` Adam steps on ``chain``'s normalized free parameters from ``values`` (per effect,
     physical) so that the chain's output on excerpts of ``audio`` ``(channels, samples)`` (at
-    ``sample_rate`` = ``chain.sample_rate``) comes closer to the reference features ``ref``."""
+    ``sample_rate`` = ``chain.sample_rate``) comes closer to the reference features ``ref``.
+    ``frozen``: labels of effects whose parameters stay as given (their gradient is zeroed, so
+    Adam never moves them)."""
     if steps < 0:
         raise AfxError(f"--refine must be ≥ 0 steps, got {steps}")
     if not chain.differentiable:
@@ -169,6 +172,7 @@ def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, samp
         d_before = float(distance(features(_render_excerpts(chain, x, values), sample_rate, max_hz), ref))
     q = chain.normalize_values(values).clamp(0.0, 1.0).to(torch.float32).requires_grad_(True)
     opt = torch.optim.Adam([q], lr=lr)
+    movable = torch.tensor([[k.split(".", 1)[0] not in set(frozen) for k in chain.free_keys]], dtype=q.dtype)
     xt = torch.from_numpy(x)
     history: list[float] = []
     best_q, best_loss = q.detach().clone(), math.inf
@@ -186,6 +190,8 @@ def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, samp
         if value < best_loss:
             best_loss, best_q = value, q.detach().clone()
         loss.backward()
+        if q.grad is not None:
+            q.grad.mul_(movable)
         if q.grad is None or not bool(torch.isfinite(q.grad).all()):
             skipped += 1  # a non-finite gradient (e.g. through a silent excerpt) is not applied
             continue
