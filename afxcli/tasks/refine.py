@@ -4,7 +4,9 @@ Features (one vector per recording, computed the same way in torch for the gradi
 reporting): from excerpts ``(segments, channels, samples)`` of the recording,
 
 - ``bands_db``: average power spectrum (Hann STFT, ~46 ms frames, mean over frames, channels and
-  segments) in 1/3-octave bands (ISO 266 centers 25 Hz–16 kHz, below 0.95 × the lower Nyquist), dB;
+  segments) in 1/3-octave bands (ISO 266 centers 25 Hz–16 kHz, below 0.95 × the lower Nyquist)
+  and one last band from the 16 kHz band's edge (17.96 kHz) to that limit when there is room
+  (an EQ's top shelf acts there: without it, refinement was free to boost 18–21 kHz), dB;
 - ``loudness_db``: K-weighted mean power in dB (the BS.1770-4 pre-filter and RLB high-pass as a
   magnitude response on the STFT bins, no gating — a smooth stand-in for integrated LUFS);
 - ``crest_db``: mean over segments of ``20·log10(peak / RMS)``.
@@ -82,7 +84,12 @@ def _band_matrix(sample_rate: float, n_fft: int, max_hz: float) -> tuple[np.ndar
     f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
     half = 2.0 ** (1.0 / 6.0)
     centers = THIRD_OCTAVE_HZ[THIRD_OCTAVE_HZ * half < max_hz]
-    m = ((f[None, :] >= centers[:, None] / half) & (f[None, :] < centers[:, None] * half)).astype(np.float64)
+    lo, hi = centers / half, centers * half
+    if centers.size and max_hz > 1.05 * hi[-1]:
+        # the rest up to max_hz as one last band: an EQ's top shelf acts there too
+        lo, hi = np.append(lo, hi[-1]), np.append(hi, max_hz)
+        centers = np.append(centers, math.sqrt(lo[-1] * hi[-1]))
+    m = ((f[None, :] >= lo[:, None]) & (f[None, :] < hi[:, None])).astype(np.float64)
     keep = m.sum(axis=1) > 0
     m, centers = m[keep], centers[keep]
     return m / m.sum(axis=1, keepdims=True), centers
