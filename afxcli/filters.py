@@ -71,13 +71,21 @@ def rbj_peak(sample_rate: float, f0_hz: float, gain_db: float, q: float) -> np.n
     return _normalized([1 + alpha * amp, -2 * c, 1 - alpha * amp], [1 + alpha / amp, -2 * c, 1 - alpha / amp])
 
 
+def sos_response(sos: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Complex response of sections ``(n, 6)`` ``[b0, b1, b2, a0, a1, a2]`` (cascaded) at ``z`` ``(m,)``
+    = ``e^{−jω}`` (``Π_k (b0 + b1 z + b2 z²) / (a0 + a1 z + a2 z²)``) → ``(m,)`` complex128; a pole
+    on a point of ``z`` gives a non-finite value there."""
+    h = np.ones_like(z, dtype=np.complex128)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for b0, b1, b2, a0, a1, a2 in np.atleast_2d(np.asarray(sos, dtype=np.float64)):
+            h *= (b0 + z * (b1 + z * b2)) / (a0 + z * (a1 + z * a2))
+    return h
+
+
 def sos_response_db(sos: np.ndarray, sample_rate: float, freqs_hz: np.ndarray) -> np.ndarray:
     """Magnitude response in dB of sections ``(n, 6)`` (cascaded) at ``freqs_hz`` ``(m,)`` → ``(m,)``."""
     z = np.exp(-1j * 2.0 * math.pi * np.asarray(freqs_hz, dtype=np.float64) / sample_rate)
-    h = np.ones_like(z)
-    for b0, b1, b2, a0, a1, a2 in np.atleast_2d(sos):
-        h *= (b0 + b1 * z + b2 * z * z) / (a0 + a1 * z + a2 * z * z)
-    return 20.0 * np.log10(np.maximum(np.abs(h), 1e-12))
+    return 20.0 * np.log10(np.maximum(np.abs(sos_response(sos, z)), 1e-12))
 
 
 def rbj_high_pass(sample_rate: float, f0_hz: float, q: float) -> np.ndarray:

@@ -218,35 +218,28 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
 def _render_jobs(jobs: Sequence[tuple], y: np.ndarray, block_size: int, threads: int | None = None) -> np.ndarray:
     """Render ``(effect, static values | None, checked blocks | None)`` jobs in series; runs of
     :func:`_per_channel` effects on multichannel audio go one channel per thread (at most
-    ``threads``, default :func:`free_cores`)."""
+    ``threads``, default :func:`free_cores`), except a static EQ on long audio, which convolves
+    every channel in one call (:func:`render_by_impulse_response`)."""
     threads = min(y.shape[0], threads or free_cores())
 
     def run(group: Sequence[tuple], a: np.ndarray) -> np.ndarray:
-        # static EQs on long audio convolve on their own (render_effect); the runs between them
-        # stream together when that is possible
-        k = 0
-        while k < len(group):
-            if group[k][2] is None and _by_impulse_response(group[k][0], a.shape[-1]):
-                a = render_effect(group[k][0], a, group[k][1])
-                k += 1
-                continue
-            e = k
-            while e < len(group) and not (group[e][2] is None and _by_impulse_response(group[e][0], a.shape[-1])):
-                e += 1
-            part = group[k:e]
-            if len(part) > 1 and any(b is not None for _, _, b in part) and all(_combinable(fx) for fx, _, _ in part):
-                a = _stream_together(part, a, block_size)
-            else:
-                for fx, vals, blocks in part:
-                    a = render_effect(fx, a, vals) if blocks is None else \
-                        render_effect(fx, a, blocks=blocks, block_size=block_size, checked=True)
-            k = e
+        if len(group) > 1 and any(b is not None for _, _, b in group) and all(_combinable(fx) for fx, _, _ in group):
+            return _stream_together(group, a, block_size)
+        for fx, vals, blocks in group:
+            a = render_effect(fx, a, vals) if blocks is None else \
+                render_effect(fx, a, blocks=blocks, block_size=block_size, checked=True)
         return a
+
+    def threaded(job: tuple) -> bool:
+        # a static EQ on long audio convolves all channels at once (render_by_impulse_response):
+        # it ends a per-channel run, so its response is computed once, not once per channel thread
+        fx, _, blocks = job
+        return _per_channel(fx) and not (blocks is None and _by_impulse_response(fx, y.shape[-1]))
 
     i = 0
     while i < len(jobs):
         j = i
-        while j < len(jobs) and _per_channel(jobs[j][0]):
+        while j < len(jobs) and threaded(jobs[j]):
             j += 1
         if threads > 1 and j > i:
             from concurrent.futures import ThreadPoolExecutor

@@ -31,14 +31,11 @@ def sections_impulse_response(sos: np.ndarray, start: int = IR_START_SAMPLES, ma
     (``[b0, b1, b2, a0, a1, a2]``), cut where what follows holds less than ``tail_energy`` of the
     energy; ``None`` when it has not decayed that far within ``max_samples`` (a pole on or too
     near the unit circle)."""
-    sos = np.asarray(sos, dtype=np.float64)
+    from ..filters import sos_response
+
     n = int(start)
     while n <= max_samples:
-        z = np.exp(-2j * np.pi * np.arange(n // 2 + 1) / n)
-        h_f = np.ones_like(z)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for b0, b1, b2, a0, a1, a2 in sos:
-                h_f *= (b0 + z * (b1 + z * b2)) / (a0 + z * (a1 + z * a2))
+        h_f = sos_response(sos, np.exp(-2j * np.pi * np.arange(n // 2 + 1) / n))
         if not np.all(np.isfinite(h_f)):
             return None
         h = np.fft.irfft(h_f, n)
