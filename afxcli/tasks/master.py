@@ -331,15 +331,15 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
     if ctx.method == "model":
         pred = ctx.predictor
         # the analysis first (NumPy backend): the effects' import (prefetch_imports) goes on meanwhile
-        lead, g_model = [], None
-        x_an = pred.analysis_copy(audio, sr) if pred.match_eq or not ctx.time_varying else None
-        if pred.match_eq:   # the matched EQ stage: designed at the model rate (analysis) and at the file's
-            g_model, g_file = pred.match_stage(audio, sr, ctx.reference_spectra(), x_an)
-            lead = [g_file]
+        ref_spectra = ctx.reference_spectra() if pred.match_eq else None
         if ctx.time_varying:
+            lead, g_model = [], None
+            if pred.match_eq:   # the matched EQ stage: at the model rate (analysis) and at the file's
+                g_model, g_file = pred.match_stage(audio, sr, ref_spectra)
+                lead = [g_file]
             q = frame_predictions(pred, audio, sr, ctx.reference_embedding(), g_model)
         else:
-            q = pred.predict_normalized(pred.embed_analysis(pred.matched(x_an, g_model)), ctx.reference_embedding())
+            static = pred.predict(audio, sr, ref_embedding=ctx.reference_embedding(), ref_spectra=ref_spectra)
         from ..effects.chain import Chain, normalize_spec
 
         model_effects = normalize_spec(pred.render_spec)["effects"]
@@ -349,7 +349,7 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
             automation, sub = model_automation(pred, audio, sr, ctx.reference_embedding(), model_effects, q, lead)
             values = sub.values_from_flat(automation.reduce("median")) + tail
         else:
-            values = lead + pred.values(q, Chain(pred.chain_spec, sr)) + tail
+            values = static + tail
         described = {"model_id": pred.model_id, "model": str(pred.path) if pred.path else None,
                      "time_varying": bool(ctx.time_varying)}
     elif ctx.method == "rule-based":
@@ -469,11 +469,10 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
     t_params = time.perf_counter()
     refine_info = None
     if ctx.refine_steps:
+        from .eqmatch import MATCH_EQ_LABEL
         from .refine import refine
 
         max_hz = 0.95 * min(sr, ctx.ref_sr) / 2
-        from .eqmatch import MATCH_EQ_LABEL
-
         res = refine(chain, values, x, sr, ctx.reference_features(max_hz), ctx.refine_steps,
                      frozen=[MATCH_EQ_LABEL])
         values = [dict(v) for v in res.values_after]

@@ -179,7 +179,8 @@ def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, samp
         d_before = float(distance(features(_render_excerpts(chain, x, values), sample_rate, max_hz), ref))
     q = chain.normalize_values(values).clamp(0.0, 1.0).to(torch.float32).requires_grad_(True)
     opt = torch.optim.Adam([q], lr=lr)
-    movable = torch.tensor([[k.split(".", 1)[0] not in set(frozen) for k in chain.free_keys]], dtype=q.dtype)
+    frozen = set(frozen)
+    movable = torch.tensor([[k.split(".", 1)[0] not in frozen for k in chain.free_keys]], dtype=q.dtype)
     xt = torch.from_numpy(x)
     history: list[float] = []
     best_q, best_loss = q.detach().clone(), math.inf

@@ -370,7 +370,6 @@ class StylePredictor:
         rendered (:meth:`match_stage`). The reference side is ``ref_spectra``
         (:meth:`reference_spectra`, computed from ``ref_audio`` when not given) or ``ref_spectrum``
         = ``((freqs_hz, power), rate)``, a stored smoothed spectrum (an adaptive preset's)."""
-        from ..effects.chain import Chain
 
         if ref_embedding is None:
             if ref_audio is None or ref_sr is None:
@@ -387,6 +386,8 @@ class StylePredictor:
             first = [g_file]
             x = self.matched(x, g_model)
         q = self.predict_normalized(self.embed_analysis(x), ref_embedding)
+        from ..effects.chain import Chain   # after the analysis, which may overlap its import
+
         return first + self.values(q, Chain(self.chain_spec, input_sr))
 
 
