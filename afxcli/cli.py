@@ -512,6 +512,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the CLI; returns the exit status (the console script passes it to ``sys.exit``)."""
     debug = os.environ.get("AFX_DEBUG", "") not in ("", "0")
     STATE.quiet = False
+    from .memory import tune_for_batch_rendering
+
+    tune_for_batch_rendering()  # before the first large array: see afxcli/memory.py
     try:
         rv = app(args=list(argv) if argv is not None else None, prog_name="afx", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

@@ -14,6 +14,13 @@ MB = 10⁶ bytes), taken by a lean launcher process (:data:`LAUNCHER`). The meth
 shared machine's load hits both; the figures are medians over ``--runs`` (≥ 3). The load average
 (``os.getloadavg``) is printed before and after.
 
+``afx`` sets its own process memory policy (:mod:`afxcli.memory`: no NumPy huge-page advice, a
+glibc top pad), which on a kernel whose transparent-huge-page defrag is ``madvise`` removes
+seconds of page-fault stalls. Matchering, a NumPy program too, suffers the same stalls under its
+defaults, so it is also measured with the same policy given by environment variables
+(:data:`SAME_MEMORY_POLICY_ENV`): ``master_speedup_vs_matchering`` compares the two programs as
+each ships, ``master_speedup_vs_matchering_same_memory_policy`` compares their computation.
+
     .venv/bin/python benchmarks/master_speed.py --runs 3 [--model runs/style_music/best.pt]
 """
 from __future__ import annotations
@@ -56,12 +63,19 @@ print(json.dumps([time.perf_counter() - t0, usage.ru_maxrss, os.waitstatus_to_ex
 """
 
 
-def measure(cmd: Sequence[str]) -> tuple[float, float]:
-    """Run ``cmd`` as a fresh child process (through :data:`LAUNCHER`); ``(wall seconds, peak RSS in
-    MB)`` of that child (``ru_maxrss`` KiB × 1024 / 10⁶); raises if it fails."""
+#: The environment that gives a NumPy program the memory policy ``afx`` sets for itself
+#: (:mod:`afxcli.memory`): no NumPy huge-page advice, glibc's 1 GB top pad.
+SAME_MEMORY_POLICY_ENV = {"NUMPY_MADVISE_HUGEPAGE": "0", "MALLOC_TOP_PAD_": str(1 << 30)}
+
+
+def measure(cmd: Sequence[str], env: dict | None = None) -> tuple[float, float]:
+    """Run ``cmd`` as a fresh child process (through :data:`LAUNCHER`; ``env``: variables added to
+    this process's environment); ``(wall seconds, peak RSS in MB)`` of that child (``ru_maxrss``
+    KiB × 1024 / 10⁶); raises if it fails."""
     import json
 
-    r = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *cmd], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, *cmd], capture_output=True, text=True,
+                       env={**os.environ, **env} if env else None)
     try:
         wall, maxrss_kib, code = json.loads(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -135,14 +149,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         have_mg = Path(args.matchering_python).exists()
         print(f"input: {x.shape[1] / SAMPLE_RATE:g} s {x.shape[0]} ch {SAMPLE_RATE} Hz; reference "
               f"{ref.shape[1] / SAMPLE_RATE:g} s; {args.runs} cold runs each", file=sys.stderr, flush=True)
-        res: dict[str, list[tuple[float, float]]] = {"afx": [], "matchering": []}
+        res: dict[str, list[tuple[float, float]]] = {"afx": [], "matchering": [], "matchering_same_policy": []}
         for r in range(args.runs):
-            res["afx"].append(measure(afx_cmd))
-            print(f"  run {r + 1} afx: {res['afx'][-1][0]:.2f} s, {res['afx'][-1][1]:.0f} MB", file=sys.stderr, flush=True)
+            runs = [("afx", afx_cmd, None)]
             if have_mg:
-                res["matchering"].append(measure(mg_cmd))
-                print(f"  run {r + 1} matchering: {res['matchering'][-1][0]:.2f} s, "
-                      f"{res['matchering'][-1][1]:.0f} MB", file=sys.stderr, flush=True)
+                runs += [("matchering", mg_cmd, None), ("matchering_same_policy", mg_cmd, SAME_MEMORY_POLICY_ENV)]
+            for name, cmd, env in runs:
+                res[name].append(measure(cmd, env))
+                print(f"  run {r + 1} {name}: {res[name][-1][0]:.2f} s, {res[name][-1][1]:.0f} MB",
+                      file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     med = {k: (statistics.median(w for w, _ in v), statistics.median(m for _, m in v)) for k, v in res.items() if v}
     print(f"master_wall_s_afx: {med['afx'][0]:.2f} s")
@@ -152,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"master_peak_mb_matchering: {med['matchering'][1]:.0f} MB")
         print(f"master_speedup_vs_matchering: {med['matchering'][0] / med['afx'][0]:.2f} x")
         print(f"master_memory_ratio_vs_matchering: {med['matchering'][1] / med['afx'][1]:.2f} x")
+        same = med["matchering_same_policy"]
+        print(f"master_wall_s_matchering_same_memory_policy: {same[0]:.2f} s")
+        print(f"master_peak_mb_matchering_same_memory_policy: {same[1]:.0f} MB")
+        print(f"master_speedup_vs_matchering_same_memory_policy: {same[0] / med['afx'][0]:.2f} x")
     else:
         print(f"master_matchering: not measured ({args.matchering_python} missing)")
     print(f"load_average_before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")

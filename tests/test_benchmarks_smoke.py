@@ -123,3 +123,11 @@ def test_master_speed_measures_the_child_not_the_parent(master_speed):
     assert big_mb > small_mb + 140
     with pytest.raises(RuntimeError):
         master_speed.measure([sys.executable, "-S", "-c", "raise SystemExit(3)"])
+
+
+def test_master_speed_gives_matchering_the_same_memory_policy(master_speed):
+    check = ("import os, sys; sys.exit(0 if os.environ.get('NUMPY_MADVISE_HUGEPAGE') == '0' "
+             f"and os.environ.get('MALLOC_TOP_PAD_') == '{1 << 30}' else 4)")
+    master_speed.measure([sys.executable, "-S", "-c", check], master_speed.SAME_MEMORY_POLICY_ENV)
+    with pytest.raises(RuntimeError):
+        master_speed.measure([sys.executable, "-S", "-c", check])
