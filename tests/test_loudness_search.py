@@ -57,13 +57,13 @@ def test_long_file_uses_few_whole_file_renders(monkeypatch):
     sr = 8000
     x = 0.5 * loud_music(65.0, 4, sr)
     calls = []
-    orig = loud._limit
+    orig = loud._limit_and_measure
 
     def counting(a, *args, **kw):
         calls.append(a.shape[1])
         return orig(a, *args, **kw)
 
-    monkeypatch.setattr(loud, "_limit", counting)
+    monkeypatch.setattr(loud, "_limit_and_measure", counting)
     r = match_loudness(x, sr, -14.0, -1.0)
     assert r.reached and abs(lufs(r.audio, sr) + 14.0) <= 0.01 and true_peak_dbtp(r.audio, sr) <= -1.0
     whole = [n for n in calls if n == x.shape[1]]
@@ -102,3 +102,61 @@ def test_master_trace_reproduces_a_limited_master(tmp_path):
     b, _ = sf.read(str(again), always_2d=True)
     assert np.max(np.abs(a - b)) < 1e-5
     assert abs(lufs(a.T, SR) + 14.0) <= 0.01 and true_peak_dbtp(a.T, SR) <= -1.0
+
+
+def test_pipelined_limiter_render_and_measurements_equal_the_serial_ones(monkeypatch):
+    """The limiter streamed in chunks while its output is measured: the same samples and loudness
+    blocks as one render measured afterwards, the true peak to float32 round-off; small chunk and
+    segment sizes so that 4 s make many of each (and sizes that do not divide each other)."""
+    import afxcli.tasks.loudness as loud
+    from afxcli.tasks.loudness import block_energies, fast_true_peak_dbtp
+
+    monkeypatch.setattr(loud, "LIMITER_STREAM_CHUNK", 7000)
+    monkeypatch.setattr(loud, "TRUE_PEAK_SEGMENT", 12345)
+    monkeypatch.setattr(loud, "K_WEIGHTING_CHUNK", 4096)
+    x = loud_music(4.0, 3)
+    for gain_db in (6.0, 14.0):
+        y, z, tp = loud._limit_and_measure(x, SR, gain_db, -1.1, 80.0, 5.0)
+        ref = _limit(x, SR, gain_db, -1.1, 80.0, 5.0)
+        assert np.array_equal(y, ref)
+        assert np.array_equal(z, block_energies(ref, SR))
+        assert tp == pytest.approx(fast_true_peak_dbtp(ref, SR), abs=1e-5)
+        assert tp == pytest.approx(true_peak_dbtp(ref, SR), abs=1e-4)
+
+
+def test_pipelined_limiter_reports_a_render_failure(monkeypatch):
+    import afxcli.effects.base as base
+    import afxcli.tasks.loudness as loud
+    from afxcli.errors import AfxError
+
+    def broken(self, block, reset=False):
+        raise AfxError("render broke")
+
+    monkeypatch.setattr(base.PedalboardRenderer, "process", broken)
+    with pytest.raises(AfxError, match="render broke"):
+        loud._limit_and_measure(loud_music(1.0, 2), SR, 6.0, -1.1, 80.0, 5.0)
+
+
+def test_segment_true_peak_equals_the_whole_signal_at_those_samples():
+    from afxcli.tasks.loudness import fast_true_peak_dbtp, true_peak_context
+
+    x = loud_music(1.0, 5) * np.float32(3.0)
+    ctx = true_peak_context(SR)
+    whole_per_segment = []
+    for s0, s1 in ((0, 9000), (9000, 30001), (30001, x.shape[1])):
+        a0, a1 = max(s0 - ctx, 0), min(s1 + ctx, x.shape[1])
+        whole_per_segment.append(fast_true_peak_dbtp(x[:, a0:a1], SR, valid=(s0 - a0, s1 - a0)))
+    assert max(whole_per_segment) == pytest.approx(true_peak_dbtp(x, SR), abs=1e-4)
+    # a segment's own peak: the float64 reference of the signal restricted to it, with context
+    seg = fast_true_peak_dbtp(x[:, 9000 - ctx:30001 + ctx], SR, valid=(ctx, ctx + 21001))
+    assert seg <= true_peak_dbtp(x, SR) + 1e-4 and seg >= 20 * np.log10(np.abs(x[:, 9000:30001]).max()) - 1e-6
+
+
+def test_k_weighted_energy_fed_in_parts_equals_block_energies():
+    from afxcli.tasks.loudness import KWeightedEnergy, block_energies
+
+    x = loud_music(3.0, 6)
+    acc = KWeightedEnergy(SR, 2, x.shape[1])
+    for avail in (100, 40000, 40001, 99999, x.shape[1]):
+        acc.feed(x, avail)
+    assert np.array_equal(acc.blocks(), block_energies(x, SR))

@@ -15,7 +15,9 @@ is lowered by the overshoot and the search goes on. The output's true peak never
 ceiling: if the limiter cannot hold it, a plain gain reduction takes the peak under the ceiling
 (the loudness then misses; the result says so). Files over a minute first run the same search
 on eight 4 s excerpts and start the whole-file search from its gain, slope and limiter ceiling
-(usually two whole-file renders; one when the excerpts show the target is out of reach).
+(usually one whole-file render: ``benchmarks/loudness_rounds.py``). Each render is measured while
+it runs (:func:`_limit_and_measure`: a render thread streams the limiter, this one K-weights and
+takes the true peak of each part as it arrives).
 
 Presets (``presets/loudness/*.json``, ``"format": "afx-loudness-preset"``) name targets such as
 ``streaming`` (−14 LUFS, −1 dBTP) or ``broadcast`` (EBU R128: −23 LUFS, −1 dBTP).
@@ -113,56 +115,81 @@ def block_energies(audio: np.ndarray, sample_rate: float) -> np.ndarray | None:
     """K-weighted, channel-weighted mean square per 400 ms gating block (75 % overlap) of ``audio``
     ``(channels, samples)``: ``(blocks,)`` float64 (``Σ_i G_i z_ij`` of BS.1770-4 eq. 2), or ``None``
     when shorter than one block. :func:`gated_lufs` turns it into integrated loudness."""
-    from ..filters import BlockIIR, k_weighting_sos
-
     a = np.asarray(audio)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
     if a.ndim == 1:
         a = a[None]
-    sr = float(sample_rate)
-    t_g = GATE_BLOCK_SECONDS
-    if a.shape[1] < int(round(t_g * sr)) + 1:
-        return None
-    if a.shape[0] > 5:
-        raise AfxError(f"loudness: at most 5 channels, got {a.shape[0]}")
-    # the two K-weighting biquads (pre-filter shelf, RLB high pass; pyloudnorm's design at this rate,
-    # :func:`afxcli.filters.k_weighting_sos`) one after the other in float64, exact block recursions
-    # (:class:`afxcli.filters.BlockIIR`, = scipy's sosfilt to ≤ 1e-8 of the peak) over chunks with the
-    # state carried across them so that each chunk's float64 copy and its squares stay in cache;
-    # channel weights G = 1.0 (L, R, C), 1.41 (surrounds): every later step uses only the weighted
-    # energy Σ_i G_i y_i²
-    sections = [BlockIIR(s[:3], s[3:], K_WEIGHTING_BLOCK) for s in k_weighting_sos(sr)]
-    states = [f.zero_state(a.shape[0]) for f in sections]
-    n = a.shape[1]
-    g = np.array([1.0, 1.0, 1.0, 1.41, 1.41])[: a.shape[0]]
-    e = np.empty(n, np.float64)
-    chunk = K_WEIGHTING_CHUNK
-    for s in range(0, n, chunk):
-        yc = a[:, s:s + chunk].astype(np.float64)
-        m = yc.shape[1]
-        if m % K_WEIGHTING_BLOCK:  # the last chunk: zeros to a whole block (their outputs are dropped)
-            yc = np.pad(yc, ((0, 0), (0, -m % K_WEIGHTING_BLOCK)))
-        for i, f in enumerate(sections):
-            yc, states[i] = f.process(yc, states[i])
-        yc = yc[:, :m]
-        np.square(yc, out=yc)
-        np.dot(g, yc, out=e[s:s + m])
-    step = 1.0 - GATE_OVERLAP
-    n_blocks = int(np.round(((n / sr - t_g) / (t_g * step)))) + 1
-    j = np.arange(n_blocks)
-    lo = (t_g * (j * step) * sr).astype(np.int64)
-    hi = np.minimum((t_g * (j * step + 1) * sr).astype(np.int64), n)
-    cuts = np.unique(np.concatenate([lo, hi]))
-    cuts = cuts[cuts < n]
-    seg = np.add.reduceat(e, cuts)                                   # sums between consecutive cuts
-    cs = np.concatenate([[0.0], np.cumsum(seg)])
-    pos = {int(c): k for k, c in enumerate(cuts)}
-    pos[n] = len(cuts)
-    return (cs[[pos[int(h)] for h in hi]] - cs[[pos[int(l_)] for l_ in lo]]) / (t_g * sr)   # Σ_i G_i z_ij
+    acc = KWeightedEnergy(sample_rate, a.shape[0], a.shape[1])
+    acc.feed(a, a.shape[1])
+    return acc.blocks()
 
 
-def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
+class KWeightedEnergy:
+    """:func:`block_energies` of a signal that arrives in parts: :meth:`feed` it the samples
+    available so far (any count; they are filtered in whole :data:`K_WEIGHTING_CHUNK` s, the rest
+    waits for more), :meth:`blocks` at the end. The chunks are the same as for the whole signal at
+    once, so the result is identical."""
+
+    def __init__(self, sample_rate: float, channels: int, n_samples: int) -> None:
+        from ..filters import BlockIIR, k_weighting_sos
+
+        if channels > 5:
+            raise AfxError(f"loudness: at most 5 channels, got {channels}")
+        self.sr = float(sample_rate)
+        self.n = int(n_samples)
+        # the two K-weighting biquads (pre-filter shelf, RLB high pass; pyloudnorm's design at this
+        # rate, :func:`afxcli.filters.k_weighting_sos`) one after the other in float64, exact block
+        # recursions (:class:`afxcli.filters.BlockIIR`, = scipy's sosfilt to ≤ 1e-8 of the peak) over
+        # chunks with the state carried across them so that each chunk's float64 copy and its
+        # squares stay in cache; channel weights G = 1.0 (L, R, C), 1.41 (surrounds): every later
+        # step uses only the weighted energy Σ_i G_i y_i²
+        self.sections = [BlockIIR(s[:3], s[3:], K_WEIGHTING_BLOCK) for s in k_weighting_sos(self.sr)]
+        self.states = [f.zero_state(channels) for f in self.sections]
+        self.weights = np.array([1.0, 1.0, 1.0, 1.41, 1.41])[:channels]
+        self.e = np.empty(self.n, np.float64)
+        self.done = 0
+
+    def feed(self, audio: np.ndarray, available: int) -> None:
+        """Filter ``audio[:, done:available]`` (``audio``: the whole signal's array, ``(channels,
+        n_samples)``, filled up to ``available``) in whole chunks, or to the end when ``available``
+        is ``n_samples``."""
+        chunk = K_WEIGHTING_CHUNK
+        available = min(int(available), self.n)
+        while self.done < self.n and (available - self.done >= chunk or available == self.n):
+            s = self.done
+            yc = audio[:, s:s + chunk].astype(np.float64)
+            m = yc.shape[1]
+            if m % K_WEIGHTING_BLOCK:  # the last chunk: zeros to a whole block (their outputs are dropped)
+                yc = np.pad(yc, ((0, 0), (0, -m % K_WEIGHTING_BLOCK)))
+            for i, f in enumerate(self.sections):
+                yc, self.states[i] = f.process(yc, self.states[i])
+            yc = yc[:, :m]
+            np.square(yc, out=yc)
+            np.dot(self.weights, yc, out=self.e[s:s + m])
+            self.done = s + m
+
+    def blocks(self) -> np.ndarray | None:
+        """The gating blocks' energies (``None`` when shorter than one block); needs every sample fed."""
+        sr, n, t_g = self.sr, self.n, GATE_BLOCK_SECONDS
+        if n < int(round(t_g * sr)) + 1:
+            return None
+        if self.done < n:
+            raise AfxError("internal: loudness blocks before every sample was filtered")
+        e = self.e
+        step = 1.0 - GATE_OVERLAP
+        n_blocks = int(np.round(((n / sr - t_g) / (t_g * step)))) + 1
+        j = np.arange(n_blocks)
+        lo = (t_g * (j * step) * sr).astype(np.int64)
+        hi = np.minimum((t_g * (j * step + 1) * sr).astype(np.int64), n)
+        cuts = np.unique(np.concatenate([lo, hi]))
+        cuts = cuts[cuts < n]
+        seg = np.add.reduceat(e, cuts)                                   # sums between consecutive cuts
+        cs = np.concatenate([[0.0], np.cumsum(seg)])
+        pos = {int(c): k for k, c in enumerate(cuts)}
+        pos[n] = len(cuts)
+        return (cs[[pos[int(h)] for h in hi]] - cs[[pos[int(l_)] for l_ in lo]]) / (t_g * sr)   # Σ_i G_i z_ij
+
+
+def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float, valid: tuple[int, int] | None = None) -> float:
     """True peak (dBTP) with the oversampling factor and interpolation filter of
     :func:`afxcli.metrics.true_peak_dbtp` (BS.1770-4 Annex 2), computed per polyphase branch by FFT
     (overlap-save) convolution instead of direct polyphase filtering. For ``resample_poly(x, L, 1,
@@ -173,7 +200,12 @@ def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
     skipped: ``|y_p| ≤ ‖g_p‖₁ · max|x|`` over the frame, so a frame whose sample peak times the
     largest branch ℓ1 norm is not above the peak found so far is never filtered (loudest frames
     first). Within ~1e-5 dB of the float64 reference (tests); :func:`match_loudness` keeps a 1e-4 dB
-    guard. ``audio`` ``(channels, samples)``."""
+    guard. ``audio`` ``(channels, samples)``.
+
+    ``valid=(lo, hi)``: only the interpolated signal at samples ``lo … hi − 1`` of ``audio`` counts
+    (the samples around them are context): the true peak of a segment of a longer signal, equal to
+    the whole signal's at those samples when ``audio`` holds :func:`true_peak_context` samples of
+    it on each side of the segment (or the signal's own end)."""
     import os
 
     from scipy import fft as sfft
@@ -184,7 +216,8 @@ def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
     a = np.asarray(audio, dtype=np.float32)
     if a.ndim == 1:
         a = a[None]
-    sp = float(np.max(np.abs(a))) if a.size else 0.0
+    lo, hi = (0, a.shape[1]) if valid is None else (max(int(valid[0]), 0), min(int(valid[1]), a.shape[1]))
+    sp = float(np.max(np.abs(a[:, lo:hi]))) if a.shape[0] and hi > lo else 0.0
     factor = true_peak_oversampling(sample_rate)
     if factor == 1 or sp == 0.0:
         return 20.0 * math.log10(sp) if sp > 0 else float("-inf")
@@ -226,9 +259,18 @@ def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float) -> float:
         y = sfft.irfft(spec[:, :, None, :] * gf[None, None], nfft, axis=-1, workers=workers)[..., m - 1:]
         ya = np.abs(y).max(axis=(0, 2))                                       # (f, hop)
         j = idx[:, None] * hop + np.arange(hop)[None, :]
-        ya = np.where((j >= delay) & (j < delay + n), ya, 0.0)
+        ya = np.where((j >= delay + lo) & (j < delay + hi), ya, 0.0)
         peak = max(peak, float(ya.max()))
     return 20.0 * math.log10(peak)
+
+
+def true_peak_context(sample_rate: float) -> int:
+    """Samples on each side of a segment that :func:`fast_true_peak_dbtp` (``valid=``) needs to
+    give the segment's true peak as part of a longer signal: the interpolation filter's half
+    length in input samples, plus one."""
+    from ..metrics import TRUE_PEAK_TAPS_PER_PHASE, true_peak_oversampling
+
+    return 0 if true_peak_oversampling(sample_rate) == 1 else TRUE_PEAK_TAPS_PER_PHASE + 2
 
 
 @dataclass
@@ -317,6 +359,110 @@ def _limit(audio: np.ndarray, sr: float, gain_db: float, ceiling_db: float, rele
                                   "release_ms": float(np.clip(release_ms, 1.0, 1000.0))})
 
 
+#: Input samples per limiter call of :func:`_limit_and_measure` (pedalboard's chunked stream
+#: equals its one-call render bit for bit: tests).
+LIMITER_STREAM_CHUNK = 1 << 17
+#: Output samples per true-peak segment of :func:`_limit_and_measure`.
+TRUE_PEAK_SEGMENT = 1 << 19
+
+
+def _limit_and_measure(audio: np.ndarray, sr: float, gain_db: float, ceiling_db: float, release_ms: float,
+                       lookahead_ms: float) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """``(y, z, tp)``: :func:`_limit`'s output ``y`` (the same samples), its :func:`block_energies`
+    ``z`` and its :func:`fast_true_peak_dbtp` ``tp``, measured while it renders.
+
+    A render thread feeds the limiter :data:`LIMITER_STREAM_CHUNK` samples at a time and writes its
+    output into ``y``; this thread K-weights each part of ``y`` as it arrives
+    (:class:`KWeightedEnergy`, the same chunks, so ``z`` is identical) and takes the true peak of
+    each :data:`TRUE_PEAK_SEGMENT` once its context has arrived (``fast_true_peak_dbtp(valid=…)``).
+    pedalboard releases the GIL while it renders, so the measurements (about 40 % of the work:
+    0.6 s of 1.6 s on 180 s of stereo) overlap the render instead of following it."""
+    import queue
+    import threading
+
+    from ..effects import create
+    from ..effects.base import make_renderer
+
+    a = np.ascontiguousarray(audio, dtype=np.float32)
+    c, n = a.shape
+    g = np.float32(10.0 ** (gain_db / 20.0))
+    lim = create("limiter", sr, true_peak=True, lookahead_ms=lookahead_ms)
+    renderer = make_renderer(lim, {"ceiling_db": float(np.clip(ceiling_db, -24.0, 0.0)),
+                                   "release_ms": float(np.clip(release_ms, 1.0, 1000.0))})
+    lat = int(renderer.latency_samples)
+    skip = lat if renderer.delays_stream else 0     # stream samples before the aligned output
+    y = np.empty((c, n), np.float32)
+    progress: queue.SimpleQueue = queue.SimpleQueue()
+    chunk = max(1, min(LIMITER_STREAM_CHUNK, n))
+
+    def produce() -> None:
+        got = 0   # stream samples out so far
+
+        def put(o: np.ndarray) -> None:
+            nonlocal got
+            lo = got - skip
+            got += o.shape[1]
+            s0, s1 = max(lo, 0), min(got - skip, n)
+            if s1 > s0:
+                y[:, s0:s1] = o[:, s0 - lo:s1 - lo]
+            progress.put(max(min(got - skip, n), 0))
+
+        try:
+            for s in range(0, n, chunk):
+                put(renderer.process(a[:, s:s + chunk] * g, reset=False))
+            for _ in range(64 + 4 * lat // chunk):   # flush the withheld samples with silence
+                if got >= n + skip:
+                    break
+                put(renderer.process(np.zeros((c, min(chunk, n + skip - got)), np.float32), reset=False))
+            if got < n + skip:
+                raise AfxError(f"internal: limiter returned {got - skip} samples for {n}")
+        except BaseException as e:  # noqa: BLE001 - raised again in the measuring thread
+            progress.put(e)
+        finally:
+            progress.put(None)
+
+    worker = threading.Thread(target=produce, name="afx-limiter", daemon=True)
+    worker.start()
+    energy = KWeightedEnergy(sr, c, n)
+    ctx, tp, tp_done, avail, error = true_peak_context(sr), float("-inf"), 0, 0, None
+
+    def true_peaks(available: int) -> None:
+        nonlocal tp, tp_done
+        while tp_done < n:
+            s1 = min(tp_done + TRUE_PEAK_SEGMENT, n)
+            if available < min(s1 + ctx, n):
+                return
+            s0 = max(tp_done - ctx, 0)
+            tp = max(tp, fast_true_peak_dbtp(y[:, s0:min(s1 + ctx, n)], sr, valid=(tp_done - s0, s1 - s0)))
+            tp_done = s1
+
+    try:
+        done = False
+        while not done:
+            items = [progress.get()]
+            while True:   # everything already queued: measure up to the latest
+                try:
+                    items.append(progress.get_nowait())
+                except queue.Empty:
+                    break
+            for it in items:
+                if it is None:
+                    done = True
+                elif isinstance(it, BaseException):
+                    error = it
+                else:
+                    avail = max(avail, it)
+            if error is not None:
+                continue   # drain until the worker ends
+            energy.feed(y, avail)
+            true_peaks(avail)
+    finally:
+        worker.join()
+    if error is not None:
+        raise error
+    return y, energy.blocks(), tp
+
+
 @dataclass
 class _Limited:
     """Outcome of :func:`_search_limited`: the output (limiter render times the trim) and its
@@ -356,10 +502,9 @@ def _search_limited(x: np.ndarray, sr: float, target: float, ceiling_check: floa
 
     def measure(g: float) -> float:
         nonlocal renders
-        y = _limit(x, sr, g, lim_ceiling, release_ms, lookahead_ms)
+        y, z, tp = _limit_and_measure(x, sr, g, lim_ceiling, release_ms, lookahead_ms)
         renders += 1
-        z = block_energies(y, sr)
-        level, tp = gated_lufs(z), fast_true_peak_dbtp(y, sr)
+        level = gated_lufs(z)
         reach = level - tp + ceiling_check
         seen[g] = (reach, y, z, level, tp)
         return reach
