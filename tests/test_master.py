@@ -111,6 +111,38 @@ def test_refine_reduces_feature_distance():
     assert res.distance_after < res.distance_before
 
 
+def test_refine_estimates_the_whole_output_from_the_chains_change_on_excerpts():
+    """The output's features as refinement sees them: the whole recording's input features plus the
+    chain's change on a few excerpts. On a file whose first half is dark and second half bright,
+    one excerpt of the output alone misjudges the whole output's spectrum; the transferred
+    estimate does not (for a static EQ the change is exactly its band gains)."""
+    import torch
+
+    from afxcli.render import render_chain
+    from afxcli.tasks.refine import band_loudness_weights, features, segments, transferred
+
+    x = np.concatenate([music(3.0, -0.8, 21, channels=1), music(3.0, 0.8, 22, channels=1)], axis=1)
+    chain = Chain({"effects": [{"type": "peq"}]}, SR)
+    vals = chain.base_values()
+    vals[0].update(low_shelf_gain_db=6.0, high_shelf_gain_db=-8.0, peak2_gain_db=5.0)
+    y = render_chain(chain, x, vals)
+    whole_out = recording_features(y, SR)
+    ex_in = segments(x, SR, 1)
+    ex_out = np.stack([render_chain(chain, e, vals) for e in ex_in])
+    with torch.no_grad():
+        own = features(torch.from_numpy(ex_out), SR)
+        est = transferred(own, features(torch.from_numpy(ex_in), SR), recording_features(x, SR),
+                          band_loudness_weights(SR, 0.95 * SR / 2))
+
+    def shape_error(a):
+        d = a.bands_db - whole_out.bands_db
+        return float((d - d.mean()).abs().mean())
+
+    assert shape_error(est) < 0.3 and shape_error(est) < 0.1 * shape_error(own)     # 0.08 vs 4.7 dB
+    assert abs(float(est.loudness_db - whole_out.loudness_db)) < 1.0                 # 0.33 dB
+    assert float(distance(est, whole_out)) < 0.5 * float(distance(own, whole_out))
+
+
 def test_refine_leaves_frozen_effects_where_they_were():
     """afx master freezes its matched-EQ stage (a fit on the whole file's spectrum): Adam never moves
     a frozen effect's parameters, while the others still change."""
