@@ -407,6 +407,8 @@ def style_transfer_cmd(
                                          help="Adaptive style preset (name or file) or a parameter preset/trace."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Style model: music | speech | checkpoint path."),
     method: str = typer.Option("model", "--method", help="model | rule-based (DeepAFx-ST §3.3 baseline)."),
+    refine_steps: int = typer.Option(0, "--refine",
+                                     help="Gradient steps refining the model's chain against the reference."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write the parameter trace (a folder for many inputs)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (single input)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for the outputs (many inputs)."),
@@ -420,7 +422,7 @@ def style_transfer_cmd(
     files = expand_inputs(inputs)
     outs = output_paths(files, output, out_dir, suffix="_style")
     traces = _side_paths(trace, outs, "--trace", ".trace.json")
-    ctx = StyleContext(ref=ref, preset=preset, model=model, method=method)
+    ctx = StyleContext(ref=ref, preset=preset, model=model, method=method, refine_steps=refine_steps)
     console = Console()
 
     def one(item: tuple[Path, Path, Optional[Path]]):

@@ -94,7 +94,8 @@ def band_shape_errors_db(output: np.ndarray, target: np.ndarray, sample_rate: fl
 
 def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int, n: int, seed: int,
                    clip_seconds: float, predictor=None, progress: bool = False,
-                   groups: Sequence[str] | None = None, band_errors: bool = False) -> dict[str, dict[str, float]]:
+                   groups: Sequence[str] | None = None, band_errors: bool = False,
+                   refine_steps: int = 0) -> dict[str, dict[str, float]]:
     """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs.
 
     ``files``: audio files of the split (None: generated music-like clips, for tests). Pair ``k`` is
@@ -103,12 +104,16 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     ``groups``: the group (speaker/track) of each file; a file shorter than the crop is continued
     within its group (one speaker per pair, as DeepAFx-ST's one-recording segments).
     ``band_errors``: also ``band_error_<center>hz`` keys (:func:`band_shape_errors_db`).
+    ``refine_steps``: also ``model_refine``, the prediction refined toward the reference's features
+    for that many steps before the loudness match, as ``afx style-transfer --refine N``.
     """
     from afxcli.effects.chain import Chain
     from afxcli.render import render_chain
     from afxcli.tasks.rulebased import rule_based
     from afxcli.train.style import STYLE_CHAIN, StylePairDataset
 
+    if refine_steps:
+        from afxcli.tasks.refine import recording_features
     clip = int(round(clip_seconds * sample_rate)) // 2 * 2
     ds = StylePairDataset(files, STYLE_CHAIN, sample_rate, clip, channels, items_per_epoch=n, seed=seed,
                           groups=groups)
@@ -117,6 +122,8 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     if predictor is not None:
         rows["model"] = []
         rows["model_own_gain"] = []
+        if refine_steps:
+            rows["model_refine"] = []
     t0 = time.perf_counter()
     for k in range(n):
         item = ds[k]
@@ -132,6 +139,16 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
             rows["model_own_gain"].append(pair_metrics(render_chain(chain, x, values), target, sample_rate, band_errors))
             _, y, _ = match_output_loudness(chain, x, values, fast_lufs(ref, sample_rate))   # what afx style-transfer does
             rows["model"].append(pair_metrics(y, target, sample_rate, band_errors))
+            if refine_steps:
+                from types import SimpleNamespace
+
+                from afxcli.tasks.style import refine_prediction
+
+                ctx = SimpleNamespace(refine_steps=refine_steps, ref_sr=sample_rate,
+                                      reference_features=lambda hz: recording_features(ref, sample_rate, hz))
+                refined, _ = refine_prediction(chain, values, x, sample_rate, ctx)
+                _, y, _ = match_output_loudness(chain, x, refined, fast_lufs(ref, sample_rate))
+                rows["model_refine"].append(pair_metrics(y, target, sample_rate, band_errors))
         if progress:
             print(f"  pair {k + 1}/{n} ({item['name']}): input mrstft {rows['input'][-1]['mrstft']:.3f}, "
                   f"rule-based {rows['rule-based'][-1]['mrstft']:.3f}"
@@ -169,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--speech-model", default=None)
     p.add_argument("--band-errors", action="store_true",
                    help="also the long-term spectral shape error per octave band (what the EQ gets wrong where)")
+    p.add_argument("--refine", type=int, default=0,
+                   help="also model_refine: the prediction refined for this many steps (afx style-transfer --refine)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -191,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         t0 = time.perf_counter()
         result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
                                 progress=not args.quiet, groups=datasets.groups(corpus, "val"),
-                                band_errors=args.band_errors)
+                                band_errors=args.band_errors, refine_steps=args.refine)
         print(f"{domain}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         out += figure_lines(domain, result)
     print("\n".join(out))

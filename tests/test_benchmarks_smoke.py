@@ -131,3 +131,13 @@ def test_master_speed_gives_matchering_the_same_memory_policy(master_speed):
     master_speed.measure([sys.executable, "-S", "-c", check], master_speed.SAME_MEMORY_POLICY_ENV)
     with pytest.raises(RuntimeError):
         master_speed.measure([sys.executable, "-S", "-c", check])
+
+
+def test_style_pairs_with_a_model_and_refinement(style_eval, tiny_conv_style_model):
+    from afxcli.tasks.style import StylePredictor
+
+    pred = StylePredictor.load(tiny_conv_style_model)
+    res = style_eval.evaluate_pairs(None, 16000, 1, n=2, seed=4, clip_seconds=1.0, predictor=pred, refine_steps=2)
+    assert set(res) == {"input", "rule-based", "model", "model_own_gain", "model_refine"}
+    assert all(math.isfinite(v) for v in res["model_refine"].values())
+    assert "style_speech_model_refine_mrstft_reduction" in "\n".join(style_eval.figure_lines("speech", res))

@@ -84,6 +84,34 @@ def test_style_transfer_cli_model_end_to_end(model_path, tmp_path, capsys):
     assert lufs(y.T, sr) == pytest.approx(lufs(r.T, rsr), abs=0.05)
 
 
+def test_style_transfer_refine_reports_and_renders_its_setting(model_path, tmp_path, capsys):
+    """--refine N: N steps on the prediction toward the reference's features; the note reports the
+    feature distances, the trace holds the setting that was rendered, the output keeps the
+    reference's loudness."""
+    from afxcli.metrics import lufs
+    from afxcli.tasks.style import StyleContext, style_transfer_file
+
+    sr = 22050
+    inp = _write(tmp_path / "in.wav", audio(3.0, sr, 31, tilt=-0.7), sr)
+    ref = _write(tmp_path / "ref.wav", audio(3.0, sr, 32, tilt=0.8), sr)
+    ctx = StyleContext(ref=ref, model=model_path, refine_steps=4)
+    res = style_transfer_file(inp, tmp_path / "out.wav", ctx, trace_path=tmp_path / "t.json")
+    info = res.refine
+    assert info["steps"] == 4 and len(info["torch_loss_history_db"]) == 5
+    assert info["kept"] == (info["feature_distance_after_db"] < info["feature_distance_before_db"])
+    assert any(n.startswith("refined (4 steps)") for n in res.notes)
+    y, _ = sf.read(str(tmp_path / "out.wav"), always_2d=True)
+    r, _ = sf.read(str(ref), always_2d=True)
+    assert lufs(y.T, sr) == pytest.approx(lufs(r.T, sr), abs=0.05)
+    again = tmp_path / "again.wav"
+    assert main(["render", str(inp), "--preset", str(tmp_path / "t.json"), "-o", str(again)]) == 0
+    z, _ = sf.read(str(again), always_2d=True)
+    assert np.max(np.abs(z - y)) < 1e-4
+    plain = style_transfer_file(inp, tmp_path / "plain.wav", StyleContext(ref=ref, model=model_path))
+    if info["kept"]:
+        assert any(abs(res.params[k] - plain.params[k]) > 1e-6 for k in plain.params if not k.startswith("out."))
+
+
 def test_style_transfer_rule_based_and_parameter_preset(tmp_path, capsys):
     sr = 16000
     inp = _write(tmp_path / "v.wav", audio(2.0, sr, 6, channels=1), sr)
@@ -235,7 +263,9 @@ def test_style_errors_one_line_no_output(model_path, tmp_path, capsys):
     not_model.write_bytes(b"garbage")
     for args in ([], ["--ref", str(inp), "--preset", "warm"], ["--preset", str(bad_preset), "--model", str(model_path)],
                  ["--ref", str(inp), "--model", str(not_model)], ["--ref", str(inp), "--method", "magic"],
-                 ["--ref", str(tmp_path / "missing.wav"), "--model", str(model_path)]):
+                 ["--ref", str(tmp_path / "missing.wav"), "--model", str(model_path)],
+                 ["--preset", "warm", "--refine", "3"], ["--ref", str(inp), "--method", "rule-based", "--refine", "2"],
+                 ["--ref", str(inp), "--model", str(model_path), "--refine", "-1"]):
         rc = main(["style-transfer", str(inp), "-o", str(out), *args])
         err = capsys.readouterr().err
         assert rc == 2, (args, err)

@@ -182,7 +182,6 @@ class MasterContext(ReferenceEmbedding):
                 and self.style_preset.embedding.size != self.predictor.embed_dim:
             raise AfxError(f"{self.style_preset.path}: embedding made with another model")
         self._ref_embedding = None
-        self._ref_features = {}
         self._ref_levels = None
         self._lock = threading.Lock()
 
@@ -230,15 +229,6 @@ class MasterContext(ReferenceEmbedding):
         if "error" in box:
             raise box["error"]
         return box["audio"]
-
-    def reference_features(self, max_hz: float):
-        from .refine import recording_features
-
-        key = round(max_hz)
-        with self._lock:
-            if key not in self._ref_features:
-                self._ref_features[key] = recording_features(self.ref_audio, self.ref_sr, max_hz)
-            return self._ref_features[key]
 
 
 def _read_in_thread(path: Path):

@@ -514,6 +514,7 @@ class StyleResult:
     units: dict[str, str]
     trace: Path | None = None
     notes: list[str] = field(default_factory=list)
+    refine: dict | None = None          # RefineResult.to_dict() when --refine ran
 
 
 class StyleContext(ReferenceEmbedding):
@@ -521,13 +522,24 @@ class StyleContext(ReferenceEmbedding):
     once) or the preset. Thread-safe."""
 
     def __init__(self, ref: Path | None = None, preset: str | Path | None = None,
-                 model: str | Path | None = None, method: str = "model", kind: str = "music") -> None:
+                 model: str | Path | None = None, method: str = "model", kind: str = "music",
+                 refine_steps: int = 0) -> None:
         from ..audio import read_audio
 
         if method not in ("model", "rule-based"):
             raise AfxError(f"--method must be 'model' or 'rule-based', not {method!r}")
         if (ref is None) == (preset is None):
             raise AfxError("give either --ref REF or --preset NAME_OR_FILE")
+        if refine_steps < 0:
+            raise AfxError(f"--refine must be ≥ 0 steps, got {refine_steps}")
+        if refine_steps and (ref is None or method != "model"):
+            raise AfxError("--refine needs --ref REF and the model method (it refines the model's "
+                           "prediction against the reference's features)")
+        self.refine_steps = int(refine_steps)
+        if self.refine_steps:  # torch, in this thread: never first in a batch's worker threads
+            import importlib
+
+            importlib.import_module("afxcli.tasks.refine")
         self.method = method
         self.ref_path = Path(ref) if ref is not None else None
         self.ref_audio, self.ref_sr = (read_audio(ref) if ref is not None else (None, None))
@@ -593,6 +605,7 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
 
     audio, sr = read_audio(input_path)
     notes: list[str] = []
+    refine_info = None
     if ctx.preset_kind == "parameters":
         from .export import load_preset
         from .render import fit_trace
@@ -629,6 +642,12 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
         chain = Chain(pred.render_spec, sr)
         values = pred.predict(audio, sr, ref_embedding=ctx.reference_embedding(),
                               ref_spectra=ctx.reference_spectra() if pred.match_eq else None)
+        if ctx.refine_steps:
+            values, refine_info = refine_prediction(chain, values, audio, sr, ctx)
+            notes.append(f"refined ({refine_info['steps']} steps): feature distance "
+                         f"{refine_info['feature_distance_before_db']:.2f} -> "
+                         f"{refine_info['feature_distance_after_db']:.2f} dB, "
+                         + ("kept" if refine_info["kept"] else "not kept (no better: the prediction stands)"))
         if ctx.ref_level_lufs is not None:  # output loudness = the reference's (or the preset's)
             values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs)
             if level_note:
@@ -646,7 +665,20 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
         raise AfxError("render produced non-finite samples")
     write_audio(output_path, y, sr)
     return StyleResult(Path(input_path), Path(output_path), sr, y.shape[0], y.shape[1] / sr, method,
-                       {k: float(v) for k, v in flat.items()}, units, trace_path, notes)
+                       {k: float(v) for k, v in flat.items()}, units, trace_path, notes, refine_info)
+
+
+def refine_prediction(chain, values: list[dict], audio: np.ndarray, sr: int, ctx) -> tuple[list[dict], dict]:
+    """``ctx.refine_steps`` steps of :func:`afxcli.tasks.refine.refine` on the predicted ``values`` of
+    ``chain`` for ``audio`` ``(channels, samples)`` toward the reference's features (the matched EQ
+    stage stays as fitted, as in ``afx master --refine``): ``(values to render, its report)``."""
+    from .eqmatch import MATCH_EQ_LABEL
+    from .refine import refine
+
+    max_hz = 0.95 * min(sr, ctx.ref_sr) / 2
+    res = refine(chain, values, audio, sr, ctx.reference_features(max_hz), ctx.refine_steps,
+                 frozen=[MATCH_EQ_LABEL])
+    return [dict(v) for v in res.values_after], res.to_dict()
 
 
 def params_table(result: StyleResult, title: str | None = None):
