@@ -33,7 +33,7 @@ exact recursion than pedalboard's float32 one (within 6e-4 of pedalboard's sampl
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -80,40 +80,68 @@ def checked_blocks(effect: Effect, arrays: Mapping[str, np.ndarray | float], n_b
     return [dict(zip(names, r)) for r in rows]
 
 
+def stream_aligned(renderer, feeds: Iterable[np.ndarray], n: int, channels: int,
+                   flush_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Run ``renderer`` (``reset=False``) over the input blocks ``feeds`` (``(channels, k)`` each,
+    ``n`` samples in all), then over silence in blocks of at most ``flush_chunk`` samples until the
+    samples it withholds (its latency) are out. Yields ``(start, piece)`` in order: the output
+    samples that belong at ``start … start + piece length`` of the aligned ``(channels, n)``
+    output (latency compensated as the module notes say). ``flush_chunk`` should not exceed the
+    longest block fed: pedalboard re-prepares (and withholds its latency again) when a call exceeds
+    the block size it saw."""
+    lat = int(renderer.latency_samples)
+    skip = lat if renderer.delays_stream else 0      # stream samples before the aligned output
+    got = 0                                          # stream samples out so far
+
+    def aligned(o: np.ndarray):
+        nonlocal got
+        lo = got - skip
+        got += o.shape[-1]
+        s0, s1 = max(lo, 0), min(got - skip, n)
+        return (s0, o[:, s0 - lo:s1 - lo]) if s1 > s0 else None
+
+    for block in feeds:
+        piece = aligned(renderer.process(block, reset=False))
+        if piece is not None:
+            yield piece
+    chunk = max(1, int(flush_chunk))
+    for _ in range(64 + 4 * lat // chunk):
+        if got >= n + skip:
+            break
+        piece = aligned(renderer.process(np.zeros((channels, min(chunk, max(n + skip - got, 1))), np.float32),
+                                         reset=False))
+        if piece is not None:
+            yield piece
+    if got < n + skip:
+        raise AfxError(f"internal: renderer returned {max(got - skip, 0)} samples for {n} (latency {lat})")
+
+
 def _stream(renderer, audio: np.ndarray, blocks: Sequence[Mapping[str, float]] | None,
             block_size: int, checked: bool = False) -> np.ndarray:
     """Feed ``audio`` ``(channels, samples)`` through ``renderer`` in blocks, updating values per
-    block (``blocks[k]`` for block ``k``; ``None`` = one block), flush and align. ``checked``:
-    the blocks come from :func:`checked_blocks` (a pedalboard twin then skips validating them)."""
-    n = audio.shape[-1]
-    outs = []
+    block (``blocks[k]`` for block ``k``; ``None`` = one block), flush and align
+    (:func:`stream_aligned`). ``checked``: the blocks come from :func:`checked_blocks` (a
+    pedalboard twin then skips validating them)."""
+    c, n = audio.shape[0], audio.shape[-1]
     if blocks is None:
-        outs.append(renderer.process(audio, reset=False))
+        feeds: Iterable[np.ndarray] = [audio]
     else:
         setter = renderer.set_checked_values if checked and isinstance(renderer, PedalboardRenderer) \
             else renderer.set_values
-        for k, vals in enumerate(blocks):
-            seg = audio[:, k * block_size:(k + 1) * block_size]
-            if seg.shape[-1] == 0:
-                break
-            setter(vals)
-            outs.append(renderer.process(seg, reset=False))
-    lat = int(renderer.latency_samples)
-    # Flush with zeros in chunks no longer than the longest block already fed: pedalboard
-    # re-prepares (and withholds its latency again) when a call exceeds the block size it saw.
-    chunk = max(1, audio.shape[-1] if blocks is None else min(block_size, audio.shape[-1]))
-    need = n + (lat if renderer.delays_stream else 0)
-    got = sum(o.shape[-1] for o in outs)
-    for _ in range(64 + 4 * lat // chunk):
-        if got >= need:
-            break
-        o = renderer.process(np.zeros((audio.shape[0], min(chunk, max(need - got, 1))), np.float32), reset=False)
-        outs.append(o)
-        got += o.shape[-1]
-    y = np.concatenate([o for o in outs if o.size] or [np.zeros((audio.shape[0], 0), np.float32)], axis=-1)
-    y = y[:, lat:lat + n] if renderer.delays_stream else y[:, :n]
-    if y.shape[-1] != n:
-        raise AfxError(f"internal: renderer returned {y.shape[-1]} samples for {n} (latency {lat})")
+
+        def per_block() -> Iterator[np.ndarray]:
+            for k, vals in enumerate(blocks):
+                seg = audio[:, k * block_size:(k + 1) * block_size]
+                if seg.shape[-1] == 0:
+                    break
+                setter(vals)
+                yield seg
+
+        feeds = per_block()
+    y = np.empty((c, n), np.float32)
+    flush = n if blocks is None else min(block_size, n)
+    for s0, piece in stream_aligned(renderer, feeds, n, c, flush):
+        y[:, s0:s0 + piece.shape[-1]] = piece
     return y
 
 

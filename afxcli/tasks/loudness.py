@@ -348,15 +348,21 @@ class LoudnessResult:
                                                 "rounds", "reached", "notes")}
 
 
+def _limiter(sr: float, ceiling_db: float, release_ms: float, lookahead_ms: float):
+    """The true-peak ``limiter`` effect and its values (clipped into its ranges)."""
+    from ..effects import create
+
+    lim = create("limiter", sr, true_peak=True, lookahead_ms=lookahead_ms)
+    return lim, {"ceiling_db": float(np.clip(ceiling_db, -24.0, 0.0)),
+                 "release_ms": float(np.clip(release_ms, 1.0, 1000.0))}
+
+
 def _limit(audio: np.ndarray, sr: float, gain_db: float, ceiling_db: float, release_ms: float,
            lookahead_ms: float) -> np.ndarray:
-    from ..effects import create
     from ..render import render_effect
 
-    y = audio * np.float32(10.0 ** (gain_db / 20.0))
-    lim = create("limiter", sr, true_peak=True, lookahead_ms=lookahead_ms)
-    return render_effect(lim, y, {"ceiling_db": float(np.clip(ceiling_db, -24.0, 0.0)),
-                                  "release_ms": float(np.clip(release_ms, 1.0, 1000.0))})
+    lim, values = _limiter(sr, ceiling_db, release_ms, lookahead_ms)
+    return render_effect(lim, audio * np.float32(10.0 ** (gain_db / 20.0)), values)
 
 
 #: Input samples per limiter call of :func:`_limit_and_measure` (pedalboard's chunked stream
@@ -380,42 +386,23 @@ def _limit_and_measure(audio: np.ndarray, sr: float, gain_db: float, ceiling_db:
     import queue
     import threading
 
-    from ..effects import create
     from ..effects.base import make_renderer
+    from ..render import stream_aligned
 
     a = np.ascontiguousarray(audio, dtype=np.float32)
     c, n = a.shape
     g = np.float32(10.0 ** (gain_db / 20.0))
-    lim = create("limiter", sr, true_peak=True, lookahead_ms=lookahead_ms)
-    renderer = make_renderer(lim, {"ceiling_db": float(np.clip(ceiling_db, -24.0, 0.0)),
-                                   "release_ms": float(np.clip(release_ms, 1.0, 1000.0))})
-    lat = int(renderer.latency_samples)
-    skip = lat if renderer.delays_stream else 0     # stream samples before the aligned output
+    renderer = make_renderer(*_limiter(sr, ceiling_db, release_ms, lookahead_ms))
     y = np.empty((c, n), np.float32)
     progress: queue.SimpleQueue = queue.SimpleQueue()
     chunk = max(1, min(LIMITER_STREAM_CHUNK, n))
 
     def produce() -> None:
-        got = 0   # stream samples out so far
-
-        def put(o: np.ndarray) -> None:
-            nonlocal got
-            lo = got - skip
-            got += o.shape[1]
-            s0, s1 = max(lo, 0), min(got - skip, n)
-            if s1 > s0:
-                y[:, s0:s1] = o[:, s0 - lo:s1 - lo]
-            progress.put(max(min(got - skip, n), 0))
-
         try:
-            for s in range(0, n, chunk):
-                put(renderer.process(a[:, s:s + chunk] * g, reset=False))
-            for _ in range(64 + 4 * lat // chunk):   # flush the withheld samples with silence
-                if got >= n + skip:
-                    break
-                put(renderer.process(np.zeros((c, min(chunk, n + skip - got)), np.float32), reset=False))
-            if got < n + skip:
-                raise AfxError(f"internal: limiter returned {got - skip} samples for {n}")
+            feeds = (a[:, s:s + chunk] * g for s in range(0, n, chunk))
+            for s0, piece in stream_aligned(renderer, feeds, n, c, chunk):
+                y[:, s0:s0 + piece.shape[-1]] = piece
+                progress.put(s0 + piece.shape[-1])
         except BaseException as e:  # noqa: BLE001 - raised again in the measuring thread
             progress.put(e)
         finally:
