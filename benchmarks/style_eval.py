@@ -113,7 +113,7 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     from afxcli.train.style import STYLE_CHAIN, StylePairDataset
 
     if refine_steps:
-        from afxcli.tasks.refine import recording_features
+        from afxcli.tasks.refine import recording_features, refine_toward_reference
     clip = int(round(clip_seconds * sample_rate)) // 2 * 2
     ds = StylePairDataset(files, STYLE_CHAIN, sample_rate, clip, channels, items_per_epoch=n, seed=seed,
                           groups=groups)
@@ -140,14 +140,9 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
             _, y, _ = match_output_loudness(chain, x, values, fast_lufs(ref, sample_rate))   # what afx style-transfer does
             rows["model"].append(pair_metrics(y, target, sample_rate, band_errors))
             if refine_steps:
-                from types import SimpleNamespace
-
-                from afxcli.tasks.style import refine_prediction
-
-                ctx = SimpleNamespace(refine_steps=refine_steps, ref_sr=sample_rate,
-                                      reference_features=lambda hz: recording_features(ref, sample_rate, hz))
-                refined, _ = refine_prediction(chain, values, x, sample_rate, ctx)
-                _, y, _ = match_output_loudness(chain, x, refined, fast_lufs(ref, sample_rate))
+                res = refine_toward_reference(chain, values, x, sample_rate, sample_rate,
+                                              lambda hz: recording_features(ref, sample_rate, hz), refine_steps)
+                _, y, _ = match_output_loudness(chain, x, res.values_after, fast_lufs(ref, sample_rate))
                 rows["model_refine"].append(pair_metrics(y, target, sample_rate, band_errors))
         if progress:
             print(f"  pair {k + 1}/{n} ({item['name']}): input mrstft {rows['input'][-1]['mrstft']:.3f}, "

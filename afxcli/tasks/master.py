@@ -459,12 +459,9 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
     t_params = time.perf_counter()
     refine_info = None
     if ctx.refine_steps:
-        from .eqmatch import MATCH_EQ_LABEL
-        from .refine import refine
+        from .refine import refine_toward_reference
 
-        max_hz = 0.95 * min(sr, ctx.ref_sr) / 2
-        res = refine(chain, values, x, sr, ctx.reference_features(max_hz), ctx.refine_steps,
-                     frozen=[MATCH_EQ_LABEL])
+        res = refine_toward_reference(chain, values, x, sr, ctx.ref_sr, ctx.reference_features, ctx.refine_steps)
         values = [dict(v) for v in res.values_after]
         refine_info = res.to_dict()
     t_refine = time.perf_counter()

@@ -1,12 +1,7 @@
 """The reference side shared by ``afx master`` and ``afx style-transfer`` (no heavy imports)."""
 from __future__ import annotations
 
-import threading
-
 import numpy as np
-
-#: Guards the creation of each context's per-item locks.
-_LOCKS_GUARD = threading.Lock()
 
 
 class ReferenceEmbedding:
@@ -16,17 +11,13 @@ class ReferenceEmbedding:
     batch however many worker threads ask (and, for a model with a matched EQ stage, the reference's
     spectra, and the features test-time refinement matches)."""
 
-    def _item_lock(self, name: str) -> threading.Lock:
-        with _LOCKS_GUARD:
-            return self.__dict__.setdefault("_item_locks", {}).setdefault(name, threading.Lock())
-
     def reference_features(self, max_hz: float):
         """The reference recording's :func:`afxcli.tasks.refine.recording_features` up to
         ``max_hz`` (computed once per batch and band limit; imports torch)."""
         from .refine import recording_features
 
         key = round(max_hz)
-        with self._item_lock("features"):
+        with self._lock:
             cache = self.__dict__.setdefault("_ref_features", {})
             if key not in cache:
                 cache[key] = recording_features(self.ref_audio, self.ref_sr, max_hz)

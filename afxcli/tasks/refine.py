@@ -36,6 +36,7 @@ refined setting is kept only if that distance went down.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -81,8 +82,10 @@ def _n_fft(sample_rate: float) -> int:
     return int(2 ** round(math.log2(0.046 * sample_rate)))
 
 
+@functools.lru_cache(maxsize=8)
 def _k_weighting_power(sample_rate: float, n_fft: int) -> np.ndarray:
-    """|H_K(f)|² of the BS.1770-4 K-weighting (pyloudnorm's two biquads at this rate) on rfft bins."""
+    """|H_K(f)|² of the BS.1770-4 K-weighting (pyloudnorm's two biquads at this rate) on rfft bins
+    (cached: every refinement step needs it; callers must not modify it)."""
     import pyloudnorm
     from scipy.signal import freqz
 
@@ -95,7 +98,10 @@ def _k_weighting_power(sample_rate: float, n_fft: int) -> np.ndarray:
     return np.abs(h) ** 2
 
 
+@functools.lru_cache(maxsize=8)
 def _band_matrix(sample_rate: float, n_fft: int, max_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(bands × bins averaging matrix, band centers in Hz)`` of the feature bands (cached: every
+    refinement step needs it; callers must not modify it)."""
     f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
     half = 2.0 ** (1.0 / 6.0)
     centers = THIRD_OCTAVE_HZ[THIRD_OCTAVE_HZ * half < max_hz]
@@ -286,3 +292,15 @@ def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, samp
         d_after = float(distance(output_features(_render_excerpts(chain, x, after)), ref)) if steps else d_before
     kept = d_after < d_before
     return RefineResult(values, after if kept else values, d_before, d_after, int(steps), kept, history, skipped)
+
+
+def refine_toward_reference(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, sample_rate: float,
+                            ref_sr: float, reference_features, steps: int) -> RefineResult:
+    """What ``--refine N`` of ``afx master`` and ``afx style-transfer`` runs: :func:`refine` with the
+    features up to 0.95 × the lower Nyquist of input and reference (``reference_features(max_hz)``
+    gives the reference's, e.g. a batch context's cached ones) and the matched EQ stage left as
+    fitted (a fit on the whole file's spectrum)."""
+    from .eqmatch import MATCH_EQ_LABEL
+
+    max_hz = 0.95 * min(sample_rate, ref_sr) / 2
+    return refine(chain, values, audio, sample_rate, reference_features(max_hz), steps, frozen=[MATCH_EQ_LABEL])

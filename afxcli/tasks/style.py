@@ -643,7 +643,11 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
         values = pred.predict(audio, sr, ref_embedding=ctx.reference_embedding(),
                               ref_spectra=ctx.reference_spectra() if pred.match_eq else None)
         if ctx.refine_steps:
-            values, refine_info = refine_prediction(chain, values, audio, sr, ctx)
+            from .refine import refine_toward_reference
+
+            res = refine_toward_reference(chain, values, audio, sr, ctx.ref_sr, ctx.reference_features,
+                                          ctx.refine_steps)
+            values, refine_info = [dict(v) for v in res.values_after], res.to_dict()
             notes.append(f"refined ({refine_info['steps']} steps): feature distance "
                          f"{refine_info['feature_distance_before_db']:.2f} -> "
                          f"{refine_info['feature_distance_after_db']:.2f} dB, "
@@ -666,19 +670,6 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
     write_audio(output_path, y, sr)
     return StyleResult(Path(input_path), Path(output_path), sr, y.shape[0], y.shape[1] / sr, method,
                        {k: float(v) for k, v in flat.items()}, units, trace_path, notes, refine_info)
-
-
-def refine_prediction(chain, values: list[dict], audio: np.ndarray, sr: int, ctx) -> tuple[list[dict], dict]:
-    """``ctx.refine_steps`` steps of :func:`afxcli.tasks.refine.refine` on the predicted ``values`` of
-    ``chain`` for ``audio`` ``(channels, samples)`` toward the reference's features (the matched EQ
-    stage stays as fitted, as in ``afx master --refine``): ``(values to render, its report)``."""
-    from .eqmatch import MATCH_EQ_LABEL
-    from .refine import refine
-
-    max_hz = 0.95 * min(sr, ctx.ref_sr) / 2
-    res = refine(chain, values, audio, sr, ctx.reference_features(max_hz), ctx.refine_steps,
-                 frozen=[MATCH_EQ_LABEL])
-    return [dict(v) for v in res.values_after], res.to_dict()
 
 
 def params_table(result: StyleResult, title: str | None = None):
