@@ -9,6 +9,7 @@ import soundfile as sf
 import torch
 
 from afxcli.effects.chain import Chain
+from afxcli.errors import AfxError
 from afxcli.train import load_for_inference, run_training, train, validate_config
 from afxcli.train.style import (BYPASS_DISTRIBUTIONS, PEAK_BANDS_HZ, STYLE_CHAIN, STYLE_DISTRIBUTIONS, StylePairDataset,
                                 StyleTask, evaluate, make_pair, neutral_q, random_style, style_to_q,
@@ -92,6 +93,38 @@ def test_pair_halves_never_share_content(tmp_path):
     assert halves == {0, 1}  # both sections serve as input
     # deterministic addressing: the same item again is bit-identical
     assert torch.equal(ds[5]["target"], ds[5]["target"])
+
+
+def test_change_speed_moves_pitch_and_keeps_length():
+    """A tape-speed change by f moves a tone from F to f·F and returns exactly ``samples``."""
+    from afxcli.train.style import change_speed
+
+    t = np.arange(SR) / SR
+    x = (0.5 * np.sin(2 * np.pi * 1000.0 * t))[None].astype(np.float32)
+    for f in (0.8, 1.25):
+        y = change_speed(x, f, 8192)
+        assert y.shape == (1, 8192) and y.dtype == np.float32
+        assert abs(_dominant_hz(torch.from_numpy(y)) - 1000.0 * f) < 10.0
+    assert change_speed(x[:, :1000], 1.25, 2000)[:, 800:].max() == 0.0   # padded, not wrapped
+
+
+def test_speed_augmentation_changes_the_crop_only_when_asked(tmp_path):
+    """``speed_range`` plays each crop faster or slower (its tone moves, the halves keep their
+    length); without it the items are those of a dataset that never had the option."""
+    n = 8192
+    t = np.arange(4 * n) / SR
+    sf.write(tmp_path / "tone.wav", (0.5 * np.sin(2 * np.pi * 500 * t)).astype(np.float32), SR)
+    kw = dict(items_per_epoch=6, seed=2, bypass_probability=1.0)   # mild styles: the tone stays dominant
+    plain = StylePairDataset([tmp_path / "tone.wav"], STYLE_CHAIN, SR, n, **kw)
+    again = StylePairDataset([tmp_path / "tone.wav"], STYLE_CHAIN, SR, n, speed_range=None, **kw)
+    fast = StylePairDataset([tmp_path / "tone.wav"], STYLE_CHAIN, SR, n, speed_range=(1.3, 1.4), **kw)
+    for k in range(6):
+        assert torch.equal(plain[k]["target"], again[k]["target"])
+        item = fast[k]
+        assert item["input"].shape == (1, n // 2) and "@x1.3" in item["name"]
+        assert 1.25 * 500 < _dominant_hz(item["target"]) < 1.45 * 500
+    with pytest.raises(AfxError):
+        StylePairDataset([tmp_path / "tone.wav"], STYLE_CHAIN, SR, n, speed_range=(1.5, 1.2))
 
 
 def test_make_pair_slices():

@@ -229,6 +229,19 @@ def read_segment(path: Path, start_s: float, duration_s: float, sample_rate: int
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+def change_speed(x: np.ndarray, factor: float, samples: int) -> np.ndarray:
+    """Play ``x`` ``(channels, n)`` ``factor`` times faster (a tape-speed change: pitch and formants
+    move by ``factor``, duration by ``1/factor``), band-limited (:func:`afxcli.audio.resample`
+    from ``factor``·1000 to 1000 Hz, i.e. by the ratio ``1/factor``), cut or zero-padded to
+    ``samples``: float32 ``(channels, samples)``."""
+    from ..audio import resample
+
+    y = resample(np.asarray(x, dtype=np.float32), 1000.0 * float(factor), 1000.0)[:, :samples]
+    if y.shape[1] < samples:
+        y = np.pad(y, ((0, 0), (0, samples - y.shape[1])))
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
 class _Durations:
     """File durations in seconds (headers read once per process)."""
 
@@ -273,13 +286,19 @@ class StylePairDataset(ClipDataset):
     EQ (:mod:`afxcli.tasks.eqmatch`) designed from the input and reference halves, the DSP first
     stage of a ``match_eq`` style model (the target is unchanged), and the input before it as
     ``unmatched_input``.
+    ``speed_range``: ``(low, high)`` — the crop is read ``f`` times longer (``f`` log-uniform in the
+    range) and resampled back to ``clip_samples``, which plays it ``f`` times faster: pitch *and*
+    formants move by ``f`` (DeepAFx-ST §2.1's pitch/time augmentation in one step, as a change of
+    tape speed): for speech a new, plausible voice. None: no augmentation (and no extra draw, so
+    the items are those of a run without it).
     """
 
     def __init__(self, files: Sequence[str | Path] | None, chain_spec: dict, sample_rate: int,
                  clip_samples: int, channels: int = 1, items_per_epoch: int = 1000, seed: int = 0,
                  peak_db: float | None = -12.0, bypass_probability: float = 0.1,
                  min_energy: float = DEFAULT_MIN_ENERGY, max_tries: int = 10, store=None,
-                 groups: Sequence[str] | None = None, match_eq: str | None = None) -> None:
+                 groups: Sequence[str] | None = None, match_eq: str | None = None,
+                 speed_range: Sequence[float] | None = None) -> None:
         from ..effects.chain import Chain
 
         super().__init__(items_per_epoch, seed)
@@ -294,6 +313,12 @@ class StylePairDataset(ClipDataset):
         self.peak_db, self.bypass_probability = peak_db, float(bypass_probability)
         self.min_energy, self.max_tries = float(min_energy), int(max_tries)
         self.match_eq = match_eq
+        if speed_range is not None:
+            lo, hi = (float(v) for v in speed_range)
+            if not (0.25 <= lo <= hi <= 4.0):
+                raise AfxError(f"style data: speed_range must be 0.25 <= low <= high <= 4, got {speed_range}")
+            speed_range = (lo, hi)
+        self.speed_range = speed_range
         self._durations = _Durations()
         self.store = store
         # files of the same group (speaker, track): a short file is continued within its group
@@ -312,12 +337,14 @@ class StylePairDataset(ClipDataset):
                 raise AfxError(f"style data: the decoded-audio store is at {store.sample_rate} Hz, "
                                f"{store.channels} ch, not {self.sample_rate} Hz, {self.channels} ch")
 
-    def _file_clip(self, epoch: int, position: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    def _file_clip(self, epoch: int, position: int, rng: np.random.Generator,
+                   clip: int | None = None) -> tuple[np.ndarray, str]:
         order = self.epoch_order(epoch, len(self.files))
         idx = int(order[position % len(self.files)])
+        clip = self.clip_samples if clip is None else int(clip)
         x = None
         for _ in range(max(1, self.max_tries)):
-            parts, names, need, j = [], [], self.clip_samples, idx
+            parts, names, need, j = [], [], clip, idx
             while need > 0:  # short files (speech utterances): continue with further random files
                 path = self.files[j]
                 if self.store is not None:  # decoded once at the model rate: a slice, no decoding
@@ -336,8 +363,8 @@ class StylePairDataset(ClipDataset):
                 need -= seg.shape[1]
                 pool = self._same_group[idx] if self._same_group is not None else None
                 j = int(pool[rng.integers(len(pool))]) if pool is not None else int(rng.integers(len(self.files)))
-            x = np.concatenate(parts, axis=1)[:, :self.clip_samples]
-            h = self.clip_samples // 2
+            x = np.concatenate(parts, axis=1)[:, :clip]
+            h = clip // 2
             e = [float(np.mean(x[:, s].astype(np.float64) ** 2)) for s in (slice(0, h), slice(h, None))]
             if min(e) > self.min_energy:
                 break
@@ -346,6 +373,12 @@ class StylePairDataset(ClipDataset):
     def make_item(self, epoch: int, position: int, rng: np.random.Generator) -> dict:
         if self.files is None:
             x, name = music_like(rng, self.sample_rate, self.clip_samples, self.channels), f"generated/{epoch}/{position}"
+        elif self.speed_range is not None:
+            f = float(np.exp(rng.uniform(math.log(self.speed_range[0]), math.log(self.speed_range[1]))))
+            f = round(f * 200.0) / 200.0   # a ratio of small integers keeps the polyphase filter short
+            x, name = self._file_clip(epoch, position, rng, int(math.ceil(self.clip_samples * f)))
+            x = change_speed(x, f, self.clip_samples)
+            name = f"{name}@x{f:.3f}"
         else:
             x, name = self._file_clip(epoch, position, rng)
         x = peak_normalize(x.astype(np.float32), self.peak_db)
@@ -413,7 +446,7 @@ def style_dataset(config: dict, chain_spec: dict, split: str) -> StylePairDatase
         store = PCMStore.open_or_build(files, d["sample_rate"], d["channels"])
     return StylePairDataset(files, chain_spec, d["sample_rate"], d["clip_samples"], d["channels"], items, seed,
                             d["peak_db"], d["bypass_probability"], d["min_energy"], store=store, groups=groups,
-                            match_eq=d["match_eq"])
+                            match_eq=d["match_eq"], speed_range=d["speed_range"] if split == "train" else None)
 
 
 def style_val_batches(config: dict, chain_spec: dict) -> list[dict]:
@@ -463,6 +496,12 @@ class StyleTask(ChainTask):
         "match_eq": Field(None, OPT_STR, optional(one_of("third", "octave")),
                           "DSP first stage: the input is matched to the reference by a graphic EQ "
                           "(afxcli.tasks.eqmatch) before the model sees and processes it"),
+        "speed_range": Field(None, (list, type(None)),
+                             lambda v: None if v is None or (len(v) == 2 and all(isinstance(a, (int, float)) for a in v)
+                                                             and 0.25 <= v[0] <= v[1] <= 4.0)
+                             else "must be [low, high] with 0.25 <= low <= high <= 4",
+                             "training crops only: tape-speed augmentation, factor log-uniform in [low, high] "
+                             "(pitch and formants move; StylePairDataset)"),
         "decoded_cache": Field(False, BOOL, doc="decode the files once into a float16 store in the user cache "
                                "(afxcli.train.pcm); crops are then slices, not decodes"),
     }
