@@ -14,7 +14,8 @@ Methods: ``input`` (the unprocessed input), ``rule-based`` (DeepAFx-ST §3.3 bas
 :func:`afxcli.tasks.rulebased.rule_based`), ``model`` (``--model PATH``, or ``--music-model`` /
 ``--speech-model`` per domain: the predicted chain with its final gain set to match the reference's
 integrated loudness, as ``afx style-transfer`` renders it, :func:`~afxcli.tasks.style.match_output_loudness`)
-and ``model_own_gain`` (the same chain with the network's own output gain). Metrics to the target (DeepAFx-ST §4.1, :mod:`afxcli.metrics`):
+and ``model_own_gain`` (the same chain with the network's own output gain); the ``model`` row's level
+follows the model's ``level_own_gain_weight`` (0: the reference's loudness exactly). Metrics to the target (DeepAFx-ST §4.1, :mod:`afxcli.metrics`):
 MR-STFT error, mel spectral distance (MSD, dB), spectral-centroid error (Hz), RMS error (dB), LUFS
 error (LU); means over the pairs. Printed as ``style_<domain>_<method>_<metric>: value unit`` plus
 ``style_<domain>_<method>_mrstft_reduction: X %`` (``1 − method/input``). ``--band-errors`` adds
@@ -95,7 +96,7 @@ def band_shape_errors_db(output: np.ndarray, target: np.ndarray, sample_rate: fl
 def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int, n: int, seed: int,
                    clip_seconds: float, predictor=None, progress: bool = False,
                    groups: Sequence[str] | None = None, band_errors: bool = False,
-                   refine_steps: int = 0) -> dict[str, dict[str, float]]:
+                   refine_steps: int = 0, level_weights: Sequence[float] = ()) -> dict[str, dict[str, float]]:
     """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs.
 
     ``files``: audio files of the split (None: generated music-like clips, for tests). Pair ``k`` is
@@ -106,6 +107,9 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     ``band_errors``: also ``band_error_<center>hz`` keys (:func:`band_shape_errors_db`).
     ``refine_steps``: also ``model_refine``, the prediction refined toward the reference's features
     for that many steps before the loudness match, as ``afx style-transfer --refine N``.
+    ``level_weights``: also ``model_level_w<w>`` for each ``w``: the model's chain with the output level
+    blended ``w`` toward the network's own gain (:func:`~afxcli.tasks.style.match_output_loudness`;
+    ``model`` uses the model's own ``level_own_gain_weight``), to choose that weight.
     """
     from afxcli.effects.chain import Chain
     from afxcli.render import render_chain
@@ -124,6 +128,8 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
         rows["model_own_gain"] = []
         if refine_steps:
             rows["model_refine"] = []
+        for w in level_weights:
+            rows[f"model_level_w{w:g}"] = []
     t0 = time.perf_counter()
     for k in range(n):
         item = ds[k]
@@ -137,12 +143,17 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
 
             values = predictor.predict(x, sample_rate, ref, sample_rate)
             rows["model_own_gain"].append(pair_metrics(render_chain(chain, x, values), target, sample_rate, band_errors))
-            _, y, _ = match_output_loudness(chain, x, values, fast_lufs(ref, sample_rate))   # what afx style-transfer does
+            ref_lufs = fast_lufs(ref, sample_rate)
+            w_model = predictor.level_own_gain_weight
+            _, y, _ = match_output_loudness(chain, x, values, ref_lufs, w_model)   # what afx style-transfer does
             rows["model"].append(pair_metrics(y, target, sample_rate, band_errors))
+            for w in level_weights:
+                _, y, _ = match_output_loudness(chain, x, values, ref_lufs, w)
+                rows[f"model_level_w{w:g}"].append(pair_metrics(y, target, sample_rate, band_errors))
             if refine_steps:
                 res = refine_toward_reference(chain, values, x, sample_rate, sample_rate,
                                               lambda hz: recording_features(ref, sample_rate, hz), refine_steps)
-                _, y, _ = match_output_loudness(chain, x, res.values_after, fast_lufs(ref, sample_rate))
+                _, y, _ = match_output_loudness(chain, x, res.values_after, ref_lufs, w_model)
                 rows["model_refine"].append(pair_metrics(y, target, sample_rate, band_errors))
         if progress:
             print(f"  pair {k + 1}/{n} ({item['name']}): input mrstft {rows['input'][-1]['mrstft']:.3f}, "
@@ -156,7 +167,7 @@ def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
     """``style_<domain>_<method>_<metric>: value unit`` lines and the MR-STFT reductions."""
     lines = []
     for method, vals in result.items():
-        m = method.replace("-", "_")
+        m = method.replace("-", "_").replace(".", "p")
         for name, (key, unit) in METRICS.items():
             lines.append(f"style_{domain}_{m}_{name}: {vals[key]:.4f} {unit}".rstrip())
         for key in (k for k in vals if k.startswith("band_error_")):
@@ -165,7 +176,7 @@ def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
     for method in result:
         if method != "input":
             red = 100.0 * (1.0 - result[method]["mrstft"] / base) if base > 0 else math.nan
-            lines.append(f"style_{domain}_{method.replace('-', '_')}_mrstft_reduction: {red:.1f} %")
+            lines.append(f"style_{domain}_{method.replace('-', '_').replace('.', 'p')}_mrstft_reduction: {red:.1f} %")
     return lines
 
 
@@ -183,6 +194,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="also the long-term spectral shape error per octave band (what the EQ gets wrong where)")
     p.add_argument("--refine", type=int, default=0,
                    help="also model_refine: the prediction refined for this many steps (afx style-transfer --refine)")
+    p.add_argument("--level-weights", default="",
+                   help="comma-separated weights w: also model_level_w<w> rows, the output level blended w toward "
+                        "the network's own gain (to choose a model's level_own_gain_weight)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -205,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         t0 = time.perf_counter()
         result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
                                 progress=not args.quiet, groups=datasets.groups(corpus, "val"),
-                                band_errors=args.band_errors, refine_steps=args.refine)
+                                band_errors=args.band_errors, refine_steps=args.refine,
+                                level_weights=[float(w) for w in args.level_weights.split(",") if w.strip()])
         print(f"{domain}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         out += figure_lines(domain, result)
     print("\n".join(out))

@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=50, help="style_eval pairs for the card")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=str(ROOT / "models"))
+    ap.add_argument("--level-own-gain-weight", type=float, default=None,
+                    help="set task_options.level_own_gain_weight in the shipped config (inference only: the "
+                         "share of the network's own output gain in the output level; choose it with "
+                         "benchmarks/style_eval.py --level-weights on pairs other than the card's)")
     ap.add_argument("--note", action="append", default=[], help="a line for the card's notes (repeatable)")
     args = ap.parse_args(argv)
 
@@ -47,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     src = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
     data = load_checkpoint(src)
     last = load_checkpoint(run / "last.pt") if (run / "last.pt").is_file() else data
+    if args.level_own_gain_weight is not None:
+        if not 0.0 <= args.level_own_gain_weight <= 1.0:
+            ap.error("--level-own-gain-weight must be in [0, 1]")
+        data["config"] = {**data["config"], "task_options": {**data["config"]["task_options"],
+                                                             "level_own_gain_weight": args.level_own_gain_weight}}
     ship = {"format": data["format"], "version": data["version"], **{k: data.get(k) for k in KEEP},
             "finished": True, "stop_reason": "shipped"}
     out_dir = Path(args.out_dir)
@@ -110,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             "config": args.config,
             "command": f".venv/bin/python scripts/train_style.py --config {args.config} --out {args.run}",
             "ship_command": f".venv/bin/python scripts/ship_style_model.py --run {args.run} --domain {args.domain} "
-                            f"--config {args.config} --n {args.n}",
+                            f"--config {args.config} --n {args.n}"
+                            + (f" --level-own-gain-weight {args.level_own_gain_weight:g}"
+                               if args.level_own_gain_weight is not None else ""),
+            "level_own_gain_weight": float(cfg["task_options"].get("level_own_gain_weight", 0.0)),
             "init_weights": cfg.get("init_weights"),
             "steps_planned": cfg["steps"], "steps_reached": int(last.get("step", 0)),
             "shipped_step": int(data.get("step", 0)), "best_val_loss": data.get("best_val_loss"),

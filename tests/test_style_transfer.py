@@ -301,3 +301,31 @@ def test_make_speech_presets_script_with_tiny_model(model_path, tmp_path, capsys
     rc = main(["style-transfer", str(clips / "c0.wav"), "--preset", str(out / "warm.json"), "--model",
                str(model_path), "-o", str(tmp_path / "w.wav")])
     assert rc == 0, capsys.readouterr().err
+
+
+def test_output_level_blends_reference_loudness_and_own_gain():
+    """``match_output_loudness``: w = 0 lands on the reference's loudness exactly, w = 1 keeps the
+    network's own output gain, w = 0.5 lies halfway (in dB) between the two; the values returned
+    render to the same output."""
+    from afxcli.render import render_chain
+    from afxcli.tasks.loudness import fast_lufs
+    from afxcli.tasks.style import match_output_loudness
+
+    sr = 16000
+    chain = Chain(CHAIN, sr)
+    x = audio(3.0, sr, 3, channels=1)
+    values = chain.base_values()
+    values[-1]["gain_db"] = -4.0                       # the network's own gain
+    target = fast_lufs(x, sr) + 6.0                    # a reference 6 LU louder than the input
+    v0, y0, note0 = match_output_loudness(chain, x, values, target)
+    assert abs(fast_lufs(y0, sr) - target) < 0.01 and note0 is None
+    g_ref = v0[-1]["gain_db"]
+    v1, y1, _ = match_output_loudness(chain, x, values, target, 1.0)
+    assert v1[-1]["gain_db"] == pytest.approx(-4.0)
+    vh, yh, note = match_output_loudness(chain, x, values, target, 0.5)
+    assert vh[-1]["gain_db"] == pytest.approx(0.5 * g_ref + 0.5 * -4.0, abs=1e-6)
+    assert abs(fast_lufs(yh, sr) - (target - 0.5 * (g_ref + 4.0))) < 0.01
+    assert "model's own gain" in note
+    np.testing.assert_allclose(render_chain(chain, x, vh), yh, atol=1e-6)
+    with pytest.raises(AfxError):
+        match_output_loudness(chain, x, values, target, 1.5)

@@ -136,6 +136,13 @@ class StylePredictor:
         return self._model
 
     @property
+    def level_own_gain_weight(self) -> float:
+        """Share of the network's own output gain in the output level (the rest: the reference's
+        loudness; :func:`match_output_loudness`), from the model's config
+        (``task_options.level_own_gain_weight``; 0 for a model that does not set it)."""
+        return float((self.config.get("task_options") or {}).get("level_own_gain_weight", 0.0))
+
+    @property
     def backend(self) -> str:
         return "numpy" if self.numpy_model is not None else "torch"
 
@@ -392,19 +399,31 @@ class StylePredictor:
 
 
 def match_output_loudness(chain, audio: np.ndarray, values: list[dict[str, float]],
-                          target_lufs: float) -> tuple[list[dict[str, float]], np.ndarray, str | None]:
+                          target_lufs: float, own_gain_weight: float = 0.0
+                          ) -> tuple[list[dict[str, float]], np.ndarray, str | None]:
     """Render ``audio`` ``(channels, samples)`` through ``chain`` (at the file's rate) with the chain's
-    **final gain** set so the output's integrated loudness (BS.1770) is ``target_lufs`` (the
-    reference's): ``(values used, output, note or None)``. The level is measured, not predicted: a
-    pure gain after the chain does not change any other effect's action, and matching a level
-    exactly is what the rule-based baseline (DeepAFx-ST §3.3) does too. The values returned render to
-    the same output with :func:`afxcli.render.render_chain` (the gain is part of the chain)."""
+    **final gain** set from the reference's integrated loudness (BS.1770) ``target_lufs``:
+    ``(values used, output, note or None)``. The values returned render to the same output with
+    :func:`afxcli.render.render_chain` (the gain is part of the chain).
+
+    ``own_gain_weight`` ``w`` = 0 (default): the gain that makes the output's loudness exactly
+    ``target_lufs`` (``g_ref``), as the rule-based baseline (DeepAFx-ST §3.3) does. ``w`` > 0: the
+    final gain is ``(1 − w)·g_ref + w·g_net`` (dB), where ``g_net`` is the network's own predicted
+    output gain (DeepAFx-ST lets the network set the level). Two estimates of the level the
+    reference's *style* would give this input: ``g_ref`` carries the loudness difference between the
+    reference's content and the input's (a dense chorus as reference makes a sparse verse too loud),
+    ``g_net`` the network's error; where their errors are only partly correlated the blend is closer
+    than either (the shipped music model's ``w``, chosen on validation pairs, is in its card). A pure
+    gain after the chain does not change any other effect's action."""
     from ..render import render_chain, render_effect
     from .loudness import fast_lufs
 
     last = len(chain.effects) - 1
     if chain.spec["effects"][last]["type"] != "gain":
         return values, render_chain(chain, audio, values), "no final gain in the chain: level not matched"
+    w = float(own_gain_weight)
+    if not 0.0 <= w <= 1.0:
+        raise AfxError(f"own_gain_weight must be in [0, 1], got {own_gain_weight}")
     v = [dict(e) for e in values]
     v[last]["gain_db"] = 0.0
     pre = render_chain(chain, audio, v)
@@ -414,10 +433,13 @@ def match_output_loudness(chain, audio: np.ndarray, values: list[dict[str, float
         v[last]["gain_db"] = float(values[last]["gain_db"])
         note = "output or reference silent or under 0.4 s: the model's own output gain is used"
     else:
-        want = float(target_lufs) - level
+        want = (1.0 - w) * (float(target_lufs) - level) + w * float(values[last]["gain_db"])
         v[last]["gain_db"] = float(chain.effects[last].spec("gain_db").clip(want))
         if abs(v[last]["gain_db"] - want) > 1e-6:
             note = f"level match needs {want:+.1f} dB, the gain is limited to {v[last]['gain_db']:+.1f} dB"
+        elif w > 0.0:
+            note = (f"output level {level + v[last]['gain_db']:.1f} LUFS: {1.0 - w:g} × the reference's "
+                    f"loudness ({float(target_lufs):.1f} LUFS) + {w:g} × the model's own gain")
     return v, render_effect(chain.effects[last], pre, v[last]), note
 
 
@@ -653,7 +675,8 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
                          f"{refine_info['feature_distance_after_db']:.2f} dB, "
                          + ("kept" if refine_info["kept"] else "not kept (no better: the prediction stands)"))
         if ctx.ref_level_lufs is not None:  # output loudness = the reference's (or the preset's)
-            values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs)
+            values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs,
+                                                          pred.level_own_gain_weight)
             if level_note:
                 notes.append(level_note)
         else:

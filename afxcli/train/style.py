@@ -514,6 +514,10 @@ class StyleTask(ChainTask):
         "hidden": Field([256, 256], (list,), lambda v: None if v and all(isinstance(h, int) and h > 0 for h in v)
                         else "must be a list of positive integers", "controller MLP widths"),
         "init_neutral": Field(True, BOOL, doc="start the controller near NEUTRAL_STYLE (init_controller_neutral)"),
+        "level_own_gain_weight": Field(0.0, FLOAT, fraction,
+                                       "inference only: the output level (dB) is this share of the network's own "
+                                       "output gain and the rest of the reference's loudness "
+                                       "(afxcli.tasks.style.match_output_loudness)"),
     }
 
     @classmethod
