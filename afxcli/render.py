@@ -210,10 +210,20 @@ def _combinable(fx: Effect) -> bool:
     return int(PedalboardRenderer(fx, fx.default_values()).latency_samples) == 0
 
 
+#: Shortest audio (samples) that :func:`_stream_together` splits into a two-thread pipeline.
+PIPELINE_MIN_SAMPLES = 1 << 20
+
+
 def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int) -> np.ndarray:
     """Stream ``audio`` through the twins of the ``(effect, static values | None, checked blocks |
     None)`` jobs chained in one pedalboard board (one call per block instead of one per effect and
-    block), each effect's values set per block; every twin has zero latency (:func:`_combinable`)."""
+    block), each effect's values set per block; every twin has zero latency (:func:`_combinable`).
+
+    On long audio with a free core (in the main thread: a mono file, or a busy machine's stereo one
+    rendered without per-channel threads), the first effect streams in a thread of its own, one block
+    ahead of the board of the others (a two-stage pipeline: pedalboard releases the GIL while it
+    renders). The same blocks reach every plugin with the same updates either way, so the samples
+    are the same (tested)."""
     import pedalboard
 
     audio = np.ascontiguousarray(audio, dtype=np.float32)
@@ -221,22 +231,57 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
     for fx, vals, blocks in group:
         renderers.append(PedalboardRenderer(fx, fx.check_values(vals) if blocks is None else blocks[0]))
         schedules.append(blocks)
-    board = pedalboard.Pedalboard([p for r in renderers for p in r.plugins])
     sr = renderers[0].effect.sample_rate
     n = audio.shape[-1]
     n_blocks = min(len(b) for b in schedules if b is not None)
-    outs = []
-    for k in range(n_blocks):
-        seg = audio[:, k * block_size:(k + 1) * block_size]
-        if seg.shape[-1] == 0:
-            break
-        for r, blocks in zip(renderers, schedules):
-            if blocks is not None:
-                r.set_checked_values(blocks[k])
-        outs.append(board(seg, sr, reset=False))
-    got = sum(o.shape[-1] for o in outs)
-    if got < n:  # the automation stops short of the audio: the rest with the last values
-        outs.append(board(np.ascontiguousarray(audio[:, got:]), sr, reset=False))
+    stages = [list(range(len(renderers)))]
+    import threading
+
+    # in the main thread only: per-channel render threads already keep the cores busy
+    if (len(renderers) > 1 and n >= PIPELINE_MIN_SAMPLES and threading.current_thread() is threading.main_thread()
+            and free_cores() > 1):
+        stages = [[0], list(range(1, len(renderers)))]
+    boards = [pedalboard.Pedalboard([p for i in st for p in renderers[i].plugins]) for st in stages]
+
+    def step(stage: int, k: int, seg: np.ndarray) -> np.ndarray:
+        for i in stages[stage]:
+            if schedules[i] is not None:
+                renderers[i].set_checked_values(schedules[i][k])
+        return boards[stage](seg, sr, reset=False)
+
+    segs = [audio[:, k * block_size:(k + 1) * block_size] for k in range(n_blocks)]
+    segs = [seg for seg in segs if seg.shape[-1]]
+    got = sum(seg.shape[-1] for seg in segs)
+    tail = np.ascontiguousarray(audio[:, got:]) if got < n else None  # the automation stops short: last values
+    if len(stages) == 1:
+        outs = [step(0, k, seg) for k, seg in enumerate(segs)]
+        if tail is not None:
+            outs.append(boards[0](tail, sr, reset=False))
+    else:
+        import queue
+
+        firsts: queue.SimpleQueue = queue.SimpleQueue()
+
+        def first_stage() -> None:
+            try:
+                for k, seg in enumerate(segs):
+                    firsts.put(step(0, k, seg))
+                if tail is not None:
+                    firsts.put(boards[0](tail, sr, reset=False))
+            except BaseException as e:  # noqa: BLE001 - raised again in the calling thread
+                firsts.put(e)
+
+        worker = threading.Thread(target=first_stage, name="afx-render-stage", daemon=True)
+        worker.start()
+        outs = []
+        try:
+            for k in range(len(segs) + (tail is not None)):
+                a = firsts.get()
+                if isinstance(a, BaseException):
+                    raise a
+                outs.append(step(1, k, a) if k < len(segs) else boards[1](a, sr, reset=False))
+        finally:
+            worker.join()
     y = np.concatenate(outs, axis=-1)
     if y.shape[-1] != n:
         raise AfxError(f"internal: combined render returned {y.shape[-1]} samples for {n}")

@@ -55,13 +55,16 @@ SPEC_2 = {"effects": [{"type": "geq", "label": "geq"}, {"type": "distortion", "l
                       {"type": "gain", "label": "out"}, {"type": "limiter", "label": "lim"}]}
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads,pipeline", [(1, False), (2, False), (2, True)])
 @pytest.mark.parametrize("spec,channels,block", [(SPEC, 2, 2048), (SPEC, 1, 512), (SPEC_2, 2, 1024)])
-def test_automation_render_is_bit_identical_to_validating_every_block(spec, channels, block, threads, monkeypatch):
-    """Also with per-channel threads: the reference renders the channels together."""
+def test_automation_render_is_bit_identical_to_validating_every_block(spec, channels, block, threads, pipeline,
+                                                                      monkeypatch):
+    """Also with per-channel threads, and with the two-thread pipeline of effects streamed together
+    (``_stream_together``): the reference renders the channels together, one effect at a time."""
     import afxcli.render
 
     monkeypatch.setattr(afxcli.render, "free_cores", lambda: threads)
+    monkeypatch.setattr(afxcli.render, "PIPELINE_MIN_SAMPLES", 0 if pipeline else 1 << 40)
     chain = Chain(spec, SR)
     x = music(1.3, channels)
     tr = moving_trace(chain, x.shape[1], 1024)

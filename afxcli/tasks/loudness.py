@@ -60,6 +60,10 @@ PROXY_MAX_EVALS = 8
 #: excerpts, 0.28 on the file); a longer first step lands in the search's acceptance window
 #: (target … target + 0.1 LU) more often, and one past it brackets the target.
 PROXY_SLOPE_FACTOR = 0.75
+#: When the excerpts' loudness puts the plain-gain output's sample peak more than this many dB over
+#: the ceiling, the whole file surely needs the limiter: its proxy search then starts while the
+#: whole file's loudness is measured in a side thread (:func:`match_loudness`).
+PROXY_SPECULATE_DB = 3.0
 #: The whole-file search's acceptance window: a render whose reach (the loudness it gives once
 #: trimmed until its true peak sits on the ceiling) is SEARCH_AIM_LU ± SEARCH_ACCEPT_LU above the
 #: target is kept, and the trim onto the target then leaves its true peak at most
@@ -530,7 +534,48 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     sample_peak_db = 20.0 * math.log10(max(float(np.max(np.abs(x))), 1e-30))
     guard = TRUE_PEAK_GUARD_DB
     ceiling_check = ceiling_dbtp - guard
-    z_in = block_energies(x, sample_rate) if input_lufs is None else None
+    lim_ceiling = ceiling_dbtp - LIMITER_MARGIN_DB
+    long_file = use_proxy and x.shape[1] > PROXY_MIN_SECONDS * sample_rate
+    excerpts = l_proxy = proxy = None
+    if long_file:  # evenly spread excerpts for the proxy search (below)
+        w = int(PROXY_CHUNK_SECONDS * sample_rate)
+        starts = np.linspace(0, x.shape[1] - w, PROXY_CHUNKS).astype(int)
+        excerpts = np.concatenate([x[:, s:s + w] for s in starts], axis=1)
+        l_proxy = lufs(excerpts, sample_rate)
+
+    def proxy_search() -> "_Limited":
+        return _search_limited(excerpts, sample_rate, target_lufs, ceiling_check, lim_ceiling,
+                               target_lufs - l_proxy, 1.0, PROXY_MAX_EVALS, release_ms, lookahead_ms,
+                               max_limiting_db, l_proxy, aim_lu=SEARCH_AIM_LU, accept_lu=PROXY_ACCEPT_LU)
+
+    z_in = None
+    if input_lufs is None:
+        if (long_file and math.isfinite(l_proxy)
+                and sample_peak_db + (target_lufs - l_proxy) > ceiling_check + PROXY_SPECULATE_DB):
+            # Clearly a limiting case: the proxy search (which does not need the whole file's
+            # loudness) runs while a side thread K-weights the whole file. Its result is the same;
+            # should the whole file turn out not to need the limiter after all, it is unused.
+            import threading
+
+            box: dict = {}
+
+            def energies() -> None:
+                try:
+                    box["z"] = block_energies(x, sample_rate)
+                except BaseException as e:  # noqa: BLE001 - raised again below
+                    box["error"] = e
+
+            side = threading.Thread(target=energies, name="afx-loudness", daemon=True)
+            side.start()
+            try:
+                proxy = proxy_search()
+            finally:
+                side.join()
+            if "error" in box:
+                raise box["error"]
+            z_in = box["z"]
+        else:
+            z_in = block_energies(x, sample_rate)
     l_in = gated_lufs(z_in) if input_lufs is None else float(input_lufs)
     if math.isnan(l_in):
         raise AfxError("audio too short to measure loudness (needs at least 0.4 s)")
@@ -549,26 +594,19 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
         tp = tp_in + gain
         return LoudnessResult(y, l_in, target_lufs, l_out, tp, ceiling_dbtp, gain, ceiling_dbtp, 0.0, 1,
                               abs(l_out - target_lufs) <= tolerance_lu, notes)
-    lim_ceiling = ceiling_dbtp - LIMITER_MARGIN_DB
-    start, slope, evals, proxy = gain, 1.0, max_rounds, None
-    if use_proxy and x.shape[1] > PROXY_MIN_SECONDS * sample_rate:
+    start, slope, evals = gain, 1.0, max_rounds
+    if long_file and math.isfinite(l_proxy):
         # Long file: the same search on evenly spread excerpts first (a fraction of the work per
         # evaluation) gives the whole-file search its start and slope
-        w = int(PROXY_CHUNK_SECONDS * sample_rate)
-        starts = np.linspace(0, x.shape[1] - w, PROXY_CHUNKS).astype(int)
-        excerpts = np.concatenate([x[:, s:s + w] for s in starts], axis=1)
-        l_proxy = lufs(excerpts, sample_rate)
-        if math.isfinite(l_proxy):
-            proxy = _search_limited(excerpts, sample_rate, target_lufs, ceiling_check, lim_ceiling,
-                                    target_lufs - l_proxy, 1.0, PROXY_MAX_EVALS, release_ms, lookahead_ms,
-                                    max_limiting_db, l_proxy, aim_lu=SEARCH_AIM_LU, accept_lu=PROXY_ACCEPT_LU)
-            # its gain into the limiter: where its search landed (the point nearest the aim) when it
-            # reached, else the render it kept
-            untrimmed = (proxy.search.best[0] if proxy.search.reached else
-                         proxy.gain_db + (lim_ceiling - proxy.limiter_ceiling_db))
-            start, slope = untrimmed + (l_proxy - l_in), PROXY_SLOPE_FACTOR * proxy.search.slope
-            if not proxy.reached:  # the excerpts could not get there: render their best once
-                evals = 1
+        if proxy is None:
+            proxy = proxy_search()
+        # its gain into the limiter: where its search landed (the point nearest the aim) when it
+        # reached, else the render it kept
+        untrimmed = (proxy.search.best[0] if proxy.search.reached else
+                     proxy.gain_db + (lim_ceiling - proxy.limiter_ceiling_db))
+        start, slope = untrimmed + (l_proxy - l_in), PROXY_SLOPE_FACTOR * proxy.search.slope
+        if not proxy.reached:  # the excerpts could not get there: render their best once
+            evals = 1
     r = _search_limited(x, sample_rate, target_lufs, ceiling_check, lim_ceiling, start, slope, evals,
                         release_ms, lookahead_ms, max_limiting_db, l_in)
     y, gain, l_out, tp, lim_ceiling, rounds = r.audio, r.gain_db, r.lufs, r.true_peak_dbtp, r.limiter_ceiling_db, r.renders
