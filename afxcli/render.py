@@ -219,11 +219,13 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
     None)`` jobs chained in one pedalboard board (one call per block instead of one per effect and
     block), each effect's values set per block; every twin has zero latency (:func:`_combinable`).
 
-    On long audio with a free core (in the main thread: a mono file, or a busy machine's stereo one
-    rendered without per-channel threads), the first effect streams in a thread of its own, one block
-    ahead of the board of the others (a two-stage pipeline: pedalboard releases the GIL while it
+    On long audio in the main thread with a free core (a mono file: multichannel runs go one channel
+    per thread instead, :func:`_render_jobs`), the first effect streams in a thread of its own, one
+    block ahead of the board of the others (a two-stage pipeline: pedalboard releases the GIL while it
     renders). The same blocks reach every plugin with the same updates either way, so the samples
     are the same (tested)."""
+    import threading
+
     import pedalboard
 
     audio = np.ascontiguousarray(audio, dtype=np.float32)
@@ -235,8 +237,6 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
     n = audio.shape[-1]
     n_blocks = min(len(b) for b in schedules if b is not None)
     stages = [list(range(len(renderers)))]
-    import threading
-
     # in the main thread only: per-channel render threads already keep the cores busy
     if (len(renderers) > 1 and n >= PIPELINE_MIN_SAMPLES and threading.current_thread() is threading.main_thread()
             and free_cores() > 1):
