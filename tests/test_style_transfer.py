@@ -171,6 +171,41 @@ def test_adaptive_preset_round_trip(model_path, tmp_path, capsys):
     assert lufs(y.T, sr) == pytest.approx(-30.0, abs=0.05)
 
 
+def test_level_weight_blends_for_a_reference_not_for_a_preset(model_path, tmp_path, capsys, monkeypatch):
+    """A model with ``level_own_gain_weight`` w blends its own gain into the level toward a
+    reference's loudness (and says so); a preset's stored level is matched exactly all the same."""
+    from afxcli.metrics import lufs
+    from afxcli.tasks.loudness import fast_lufs
+
+    monkeypatch.setattr(StylePredictor, "level_own_gain_weight", property(lambda self: 0.5))
+    pred = StylePredictor.load(model_path)
+    sr = 16000
+    inp_audio = audio(1.5, sr, 11, channels=1)
+    inp = _write(tmp_path / "x.wav", inp_audio, sr)
+    ref_audio = 0.3 * audio(1.5, sr, 12, channels=1, tilt=0.5)
+    ref = _write(tmp_path / "ref.wav", ref_audio, sr)
+    out = tmp_path / "x_ref.wav"
+    assert main(["style-transfer", str(inp), "--ref", str(ref), "--model", str(model_path), "-o", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "model's own" in cap.out + cap.err
+    chain = Chain(pred.render_spec, sr)
+    values = pred.predict(inp_audio, sr, ref_audio, sr)
+    pre_values = [dict(v) for v in values]
+    pre_values[-1]["gain_db"] = 0.0
+    from afxcli.render import render_chain
+    level = fast_lufs(render_chain(chain, inp_audio, pre_values), sr)
+    want = level + 0.5 * (fast_lufs(ref_audio, sr) - level) + 0.5 * values[-1]["gain_db"]
+    y, _ = sf.read(str(out), always_2d=True)
+    assert lufs(y.T, sr) == pytest.approx(want, abs=0.05)
+    data = make_style_preset("p", "d", [pred.embed(ref_audio, sr)], pred.model_id, MODEL_SR)
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps({**data, "level_lufs": -30.0}))
+    assert main(["style-transfer", str(inp), "--preset", str(p), "--model", str(model_path), "-o",
+                 str(tmp_path / "x_p.wav")]) == 0
+    y, _ = sf.read(str(tmp_path / "x_p.wav"), always_2d=True)
+    assert lufs(y.T, sr) == pytest.approx(-30.0, abs=0.05)
+
+
 def test_master_with_model_and_refine(model_path, tmp_path, capsys):
     sr = 22050
     inp = _write(tmp_path / "m.wav", audio(1.0, sr, 12, channels=1, tilt=-0.5) * 0.3, sr)
@@ -325,7 +360,7 @@ def test_output_level_blends_reference_loudness_and_own_gain():
     vh, yh, note = match_output_loudness(chain, x, values, target, 0.5)
     assert vh[-1]["gain_db"] == pytest.approx(0.5 * g_ref + 0.5 * -4.0, abs=1e-6)
     assert abs(fast_lufs(yh, sr) - (target - 0.5 * (g_ref + 4.0))) < 0.01
-    assert "model's own gain" in note
+    assert "model's own" in note
     np.testing.assert_allclose(render_chain(chain, x, vh), yh, atol=1e-6)
     with pytest.raises(AfxError):
         match_output_loudness(chain, x, values, target, 1.5)

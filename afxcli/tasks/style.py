@@ -438,8 +438,9 @@ def match_output_loudness(chain, audio: np.ndarray, values: list[dict[str, float
         if abs(v[last]["gain_db"] - want) > 1e-6:
             note = f"level match needs {want:+.1f} dB, the gain is limited to {v[last]['gain_db']:+.1f} dB"
         elif w > 0.0:
-            note = (f"output level {level + v[last]['gain_db']:.1f} LUFS: {1.0 - w:g} × the reference's "
-                    f"loudness ({float(target_lufs):.1f} LUFS) + {w:g} × the model's own gain")
+            note = (f"output level {level + v[last]['gain_db']:.1f} LUFS: gain {1.0 - w:g} × the match to "
+                    f"{float(target_lufs):.1f} LUFS + {w:g} × the model's own "
+                    f"({float(values[last]['gain_db']):+.1f} dB)")
     return v, render_effect(chain.effects[last], pre, v[last]), note
 
 
@@ -675,8 +676,10 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
                          f"{refine_info['feature_distance_after_db']:.2f} dB, "
                          + ("kept" if refine_info["kept"] else "not kept (no better: the prediction stands)"))
         if ctx.ref_level_lufs is not None:  # output loudness = the reference's (or the preset's)
-            values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs,
-                                                          pred.level_own_gain_weight)
+            # a reference's loudness also carries its content's: blend in the network's own level;
+            # a preset's stored level is a stated target: matched exactly
+            w = pred.level_own_gain_weight if ctx.ref_audio is not None else 0.0
+            values, y, level_note = match_output_loudness(chain, audio, values, ctx.ref_level_lufs, w)
             if level_note:
                 notes.append(level_note)
         else:
