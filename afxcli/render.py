@@ -245,18 +245,17 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
 
     def step(stage: int, k: int, seg: np.ndarray) -> np.ndarray:
         for i in stages[stage]:
-            if schedules[i] is not None:
+            if schedules[i] is not None and k < n_blocks:   # past the automation: the last values stay
                 renderers[i].set_checked_values(schedules[i][k])
         return boards[stage](seg, sr, reset=False)
 
     segs = [audio[:, k * block_size:(k + 1) * block_size] for k in range(n_blocks)]
     segs = [seg for seg in segs if seg.shape[-1]]
     got = sum(seg.shape[-1] for seg in segs)
-    tail = np.ascontiguousarray(audio[:, got:]) if got < n else None  # the automation stops short: last values
+    if got < n:  # the automation stops short of the audio: the rest with the last values
+        segs.append(np.ascontiguousarray(audio[:, got:]))
     if len(stages) == 1:
         outs = [step(0, k, seg) for k, seg in enumerate(segs)]
-        if tail is not None:
-            outs.append(boards[0](tail, sr, reset=False))
     else:
         import queue
 
@@ -266,8 +265,6 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
             try:
                 for k, seg in enumerate(segs):
                     firsts.put(step(0, k, seg))
-                if tail is not None:
-                    firsts.put(boards[0](tail, sr, reset=False))
             except BaseException as e:  # noqa: BLE001 - raised again in the calling thread
                 firsts.put(e)
 
@@ -275,11 +272,11 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
         worker.start()
         outs = []
         try:
-            for k in range(len(segs) + (tail is not None)):
+            for k in range(len(segs)):
                 a = firsts.get()
                 if isinstance(a, BaseException):
                     raise a
-                outs.append(step(1, k, a) if k < len(segs) else boards[1](a, sr, reset=False))
+                outs.append(step(1, k, a))
         finally:
             worker.join()
     y = np.concatenate(outs, axis=-1)

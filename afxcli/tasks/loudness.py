@@ -555,25 +555,12 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
             # Clearly a limiting case: the proxy search (which does not need the whole file's
             # loudness) runs while a side thread K-weights the whole file. Its result is the same;
             # should the whole file turn out not to need the limiter after all, it is unused.
-            import threading
+            from concurrent.futures import ThreadPoolExecutor
 
-            box: dict = {}
-
-            def energies() -> None:
-                try:
-                    box["z"] = block_energies(x, sample_rate)
-                except BaseException as e:  # noqa: BLE001 - raised again below
-                    box["error"] = e
-
-            side = threading.Thread(target=energies, name="afx-loudness", daemon=True)
-            side.start()
-            try:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="afx-loudness") as side:
+                energies = side.submit(block_energies, x, sample_rate)
                 proxy = proxy_search()
-            finally:
-                side.join()
-            if "error" in box:
-                raise box["error"]
-            z_in = box["z"]
+                z_in = energies.result()
         else:
             z_in = block_energies(x, sample_rate)
     l_in = gated_lufs(z_in) if input_lufs is None else float(input_lufs)
