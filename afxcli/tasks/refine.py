@@ -236,16 +236,14 @@ def refine(chain, values: Sequence[Mapping[str, float]], audio: np.ndarray, samp
     max_hz = float(ref.centers_hz.max()) * 2.0 ** (1 / 6) + 1.0
     values = [dict(v) for v in values]
     xt = torch.from_numpy(x)
-    with torch.no_grad():
-        in_excerpts = features(xt, sample_rate, max_hz)
-        in_recording = recording_features(audio, sample_rate, max_hz)
-
     weights = band_loudness_weights(sample_rate, max_hz)
 
     def output_features(y: torch.Tensor) -> Features:
         return transferred(features(y, sample_rate, max_hz), in_excerpts, in_recording, weights)
 
     with torch.no_grad():
+        in_excerpts = features(xt, sample_rate, max_hz)
+        in_recording = recording_features(audio, sample_rate, max_hz)
         d_before = float(distance(output_features(_render_excerpts(chain, x, values)), ref))
     q = chain.normalize_values(values).clamp(0.0, 1.0).to(torch.float32).requires_grad_(True)
     opt = torch.optim.Adam([q], lr=lr)

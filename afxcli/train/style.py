@@ -229,6 +229,18 @@ def read_segment(path: Path, start_s: float, duration_s: float, sample_rate: int
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+#: Allowed tape-speed augmentation factors ``(lowest, highest)`` (``data.speed_range``).
+SPEED_LIMITS = (0.25, 4.0)
+
+
+def check_speed_range(v) -> str | None:
+    """None when ``v`` is None or ``[low, high]`` within :data:`SPEED_LIMITS`, else the problem."""
+    lo_lim, hi_lim = SPEED_LIMITS
+    if v is None or (len(v) == 2 and all(isinstance(a, (int, float)) for a in v) and lo_lim <= v[0] <= v[1] <= hi_lim):
+        return None
+    return f"must be [low, high] with {lo_lim:g} <= low <= high <= {hi_lim:g}, got {v}"
+
+
 def change_speed(x: np.ndarray, factor: float, samples: int) -> np.ndarray:
     """Play ``x`` ``(channels, n)`` ``factor`` times faster (a tape-speed change: pitch and formants
     move by ``factor``, duration by ``1/factor``), band-limited (:func:`afxcli.audio.resample`
@@ -313,12 +325,10 @@ class StylePairDataset(ClipDataset):
         self.peak_db, self.bypass_probability = peak_db, float(bypass_probability)
         self.min_energy, self.max_tries = float(min_energy), int(max_tries)
         self.match_eq = match_eq
-        if speed_range is not None:
-            lo, hi = (float(v) for v in speed_range)
-            if not (0.25 <= lo <= hi <= 4.0):
-                raise AfxError(f"style data: speed_range must be 0.25 <= low <= high <= 4, got {speed_range}")
-            speed_range = (lo, hi)
-        self.speed_range = speed_range
+        problem = check_speed_range(None if speed_range is None else list(speed_range))
+        if problem:
+            raise AfxError(f"style data: speed_range {problem}")
+        self.speed_range = None if speed_range is None else tuple(float(v) for v in speed_range)
         self._durations = _Durations()
         self.store = store
         # files of the same group (speaker, track): a short file is continued within its group
@@ -496,10 +506,7 @@ class StyleTask(ChainTask):
         "match_eq": Field(None, OPT_STR, optional(one_of("third", "octave")),
                           "DSP first stage: the input is matched to the reference by a graphic EQ "
                           "(afxcli.tasks.eqmatch) before the model sees and processes it"),
-        "speed_range": Field(None, (list, type(None)),
-                             lambda v: None if v is None or (len(v) == 2 and all(isinstance(a, (int, float)) for a in v)
-                                                             and 0.25 <= v[0] <= v[1] <= 4.0)
-                             else "must be [low, high] with 0.25 <= low <= high <= 4",
+        "speed_range": Field(None, (list, type(None)), check_speed_range,
                              "training crops only: tape-speed augmentation, factor log-uniform in [low, high] "
                              "(pitch and formants move; StylePairDataset)"),
         "decoded_cache": Field(False, BOOL, doc="decode the files once into a float16 store in the user cache "
