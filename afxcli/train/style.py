@@ -238,7 +238,7 @@ def check_speed_range(v) -> str | None:
     lo_lim, hi_lim = SPEED_LIMITS
     if v is None or (len(v) == 2 and all(isinstance(a, (int, float)) for a in v) and lo_lim <= v[0] <= v[1] <= hi_lim):
         return None
-    return f"must be [low, high] with {lo_lim:g} <= low <= high <= {hi_lim:g}, got {v}"
+    return f"must be [low, high] with {lo_lim:g} <= low <= high <= {hi_lim:g}"
 
 
 def change_speed(x: np.ndarray, factor: float, samples: int) -> np.ndarray:
@@ -327,7 +327,7 @@ class StylePairDataset(ClipDataset):
         self.match_eq = match_eq
         problem = check_speed_range(None if speed_range is None else list(speed_range))
         if problem:
-            raise AfxError(f"style data: speed_range {problem}")
+            raise AfxError(f"style data: speed_range {problem}, got {speed_range}")
         self.speed_range = None if speed_range is None else tuple(float(v) for v in speed_range)
         self._durations = _Durations()
         self.store = store
