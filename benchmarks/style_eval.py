@@ -139,17 +139,15 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
         rows["rule-based"].append(pair_metrics(rb, target, sample_rate, band_errors))
         if predictor is not None:
             from afxcli.tasks.loudness import fast_lufs
-            from afxcli.tasks.style import match_output_loudness
+            from afxcli.tasks.style import match_output_loudness, set_output_level
 
             values = predictor.predict(x, sample_rate, ref, sample_rate)
-            rows["model_own_gain"].append(pair_metrics(render_chain(chain, x, values), target, sample_rate, band_errors))
             ref_lufs = fast_lufs(ref, sample_rate)
             w_model = predictor.level_own_gain_weight
-            _, y, _ = match_output_loudness(chain, x, values, ref_lufs, w_model)   # what afx style-transfer does
-            rows["model"].append(pair_metrics(y, target, sample_rate, band_errors))
-            for w in level_weights:
-                _, y, _ = match_output_loudness(chain, x, values, ref_lufs, w)
-                rows[f"model_level_w{w:g}"].append(pair_metrics(y, target, sample_rate, band_errors))
+            pre = render_chain(chain, x, values[:-1] + [{**values[-1], "gain_db": 0.0}])   # one render, every level
+            for row, w in [("model_own_gain", 1.0), ("model", w_model)] + [(f"model_level_w{w:g}", w) for w in level_weights]:
+                _, y, _ = set_output_level(chain, pre, values, ref_lufs, w)   # "model": what afx style-transfer does
+                rows[row].append(pair_metrics(y, target, sample_rate, band_errors))
             if refine_steps:
                 res = refine_toward_reference(chain, values, x, sample_rate, sample_rate,
                                               lambda hz: recording_features(ref, sample_rate, hz), refine_steps)
@@ -166,8 +164,11 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
 def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
     """``style_<domain>_<method>_<metric>: value unit`` lines and the MR-STFT reductions."""
     lines = []
+    def label(method: str) -> str:   # a figure name: model_level_w0.25 -> model_level_w0p25
+        return method.replace("-", "_").replace(".", "p")
+
     for method, vals in result.items():
-        m = method.replace("-", "_").replace(".", "p")
+        m = label(method)
         for name, (key, unit) in METRICS.items():
             lines.append(f"style_{domain}_{m}_{name}: {vals[key]:.4f} {unit}".rstrip())
         for key in (k for k in vals if k.startswith("band_error_")):
@@ -176,7 +177,7 @@ def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
     for method in result:
         if method != "input":
             red = 100.0 * (1.0 - result[method]["mrstft"] / base) if base > 0 else math.nan
-            lines.append(f"style_{domain}_{method.replace('-', '_').replace('.', 'p')}_mrstft_reduction: {red:.1f} %")
+            lines.append(f"style_{domain}_{label(method)}_mrstft_reduction: {red:.1f} %")
     return lines
 
 

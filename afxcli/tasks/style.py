@@ -414,19 +414,30 @@ def match_output_loudness(chain, audio: np.ndarray, values: list[dict[str, float
     reference's content and the input's (a dense chorus as reference makes a sparse verse too loud),
     ``g_net`` the network's error; where their errors are only partly correlated the blend is closer
     than either (the shipped music model's ``w``, chosen on validation pairs, is in its card). A pure
-    gain after the chain does not change any other effect's action."""
-    from ..render import render_chain, render_effect
-    from .loudness import fast_lufs
+    gain after the chain does not change any other effect's action (:func:`set_output_level` does
+    this part on the chain's output before that gain)."""
+    from ..render import render_chain
 
     last = len(chain.effects) - 1
     if chain.spec["effects"][last]["type"] != "gain":
         return values, render_chain(chain, audio, values), "no final gain in the chain: level not matched"
+    v = [dict(e) for e in values]
+    v[last]["gain_db"] = 0.0
+    return set_output_level(chain, render_chain(chain, audio, v), values, target_lufs, own_gain_weight)
+
+
+def set_output_level(chain, pre: np.ndarray, values: list[dict[str, float]], target_lufs: float,
+                     own_gain_weight: float = 0.0) -> tuple[list[dict[str, float]], np.ndarray, str | None]:
+    """:func:`match_output_loudness` from ``pre`` ``(channels, samples)``, the chain's output with
+    its final gain at 0 dB (so several levels can be tried on one render)."""
+    from ..render import render_effect
+    from .loudness import fast_lufs
+
+    last = len(chain.effects) - 1
     w = float(own_gain_weight)
     if not 0.0 <= w <= 1.0:
         raise AfxError(f"own_gain_weight must be in [0, 1], got {own_gain_weight}")
     v = [dict(e) for e in values]
-    v[last]["gain_db"] = 0.0
-    pre = render_chain(chain, audio, v)
     level = fast_lufs(pre, chain.sample_rate)
     note = None
     if not (math.isfinite(level) and math.isfinite(target_lufs)):
