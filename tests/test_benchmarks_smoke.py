@@ -141,3 +141,16 @@ def test_style_pairs_with_a_model_and_refinement(style_eval, tiny_conv_style_mod
     assert set(res) == {"input", "rule-based", "model", "model_own_gain", "model_refine"}
     assert all(math.isfinite(v) for v in res["model_refine"].values())
     assert "style_speech_model_refine_mrstft_reduction" in "\n".join(style_eval.figure_lines("speech", res))
+
+
+def test_style_pairs_level_weight_rows(style_eval, tiny_conv_style_model):
+    """``--level-weights``: one row per weight; w = 1 is the network's own gain, w = 0 the
+    reference's loudness exactly (the tiny model's own weight is 0, so its ``model`` row)."""
+    from afxcli.tasks.style import StylePredictor
+
+    pred = StylePredictor.load(tiny_conv_style_model)
+    res = style_eval.evaluate_pairs(None, 16000, 1, n=2, seed=4, clip_seconds=1.0, predictor=pred,
+                                    level_weights=[0.0, 0.5, 1.0])
+    assert {"model_level_w0", "model_level_w0.5", "model_level_w1"} <= set(res)
+    assert res["model_level_w1"] == res["model_own_gain"] and res["model_level_w0"] == res["model"]
+    assert "style_speech_model_level_w0p5_mrstft_reduction" in "\n".join(style_eval.figure_lines("speech", res))
