@@ -346,3 +346,25 @@ def test_temp_file_creation_failure_is_clean(tmp_path, monkeypatch):
         write_audio(tmp_path / "out.flac", music_like(1, 8000, 0.1), 8000)
     assert str(tmp_path / "out.flac") in str(ei.value)
     assert listing(tmp_path) == set()
+
+
+def test_write_in_blocks_is_exact_and_a_late_nan_keeps_the_old_file(tmp_path, monkeypatch):
+    """Files longer than one write block: every block lands in order, clipped for PCM; a NaN in a
+    later block (after earlier blocks reached the temporary file) still refuses the whole write."""
+    monkeypatch.setattr(A, "WRITE_BLOCK_FRAMES", 1000)
+    x = music_like(2, 8000, 0.6).astype(np.float32)   # 4800 frames: four full blocks and a partial one
+    x[1, 2500] = 1.75
+    write_audio(tmp_path / "f.wav", x, 8000, subtype="FLOAT")
+    y, _ = read_audio(tmp_path / "f.wav")
+    np.testing.assert_array_equal(y, x)
+    write_audio(tmp_path / "p.wav", x, 8000, subtype="PCM_24")
+    y, _ = read_audio(tmp_path / "p.wav")
+    assert y[1, 2500] == pytest.approx(1.0, abs=2**-22)
+    np.testing.assert_allclose(np.delete(y, 2500, axis=1), np.delete(x, 2500, axis=1), atol=2**-23)
+    before = (tmp_path / "p.wav").read_bytes()
+    bad = x.copy()
+    bad[0, 4321] = np.inf
+    with pytest.raises(AfxError, match="infinite"):
+        write_audio(tmp_path / "p.wav", bad, 8000, subtype="PCM_24")
+    assert listing(tmp_path) == {"f.wav", "p.wav"}
+    assert (tmp_path / "p.wav").read_bytes() == before
