@@ -24,7 +24,8 @@ distance compares whole-recording statistics, :mod:`afxcli.metrics`):
   **long-term average** mel spectra (mean over frames and channels), ``mean_b |20·log10 M̄_out(b) −
   20·log10 M̄_ref(b)|``, dB — frame-wise MSD needs matching content;
 - ``sce`` |centroid(out) − centroid(ref)| (:func:`afxcli.metrics.spectral_centroid_hz`), Hz;
-- ``crest_error`` |crest(out) − crest(ref)| (sample peak / RMS), dB;
+- ``crest_error`` |crest(out) − crest(ref)| (sample peak / RMS), dB (``--per-pair-crest``: each
+  pair's crest factors, signed);
 - ``true_peak_max`` the largest true peak over the pairs (BS.1770-4 Annex 2), dBTP, and
   ``over_ceiling`` how many outputs exceed ``--ceiling`` (afx's ceiling; Matchering has its own
   limiter and no true-peak ceiling, its count is printed for comparison).
@@ -100,7 +101,8 @@ def distances(out: dict, ref: dict) -> dict[str, float]:
             "msd": float(np.mean(np.abs(out["mel_db"] - ref["mel_db"]))),
             "sce": abs(out["centroid_hz"] - ref["centroid_hz"]),
             "crest_error": abs(out["crest_db"] - ref["crest_db"]),
-            "true_peak": out["true_peak_dbtp"]}
+            "true_peak": out["true_peak_dbtp"],
+            "crest_db": out["crest_db"], "reference_crest_db": ref["crest_db"]}
 
 
 def excerpt(path: Path, max_seconds: float | None, folder: Path, name: str) -> Path:
@@ -179,6 +181,18 @@ def figure_lines(rows: dict[str, list[dict]], ceiling: float) -> list[str]:
     return lines
 
 
+def pair_crest_lines(rows: dict[str, list[dict]]) -> list[str]:
+    """Per pair, the crest factor (sample peak / RMS, dB) of the reference and of each method's
+    output (``input``: the mix): ``master_pair<k>_<method>_crest: value dB``. The mean
+    ``crest_error`` hides its sign; these show where an output is denser than its reference."""
+    lines = []
+    n = len(next(iter(rows.values())))
+    for k in range(n):
+        lines.append(f"master_pair{k}_reference_crest: {rows['input'][k]['reference_crest_db']:.2f} dB")
+        lines += [f"master_pair{k}_{method}_crest: {rs[k]['crest_db']:.2f} dB" for method, rs in rows.items()]
+    return lines
+
+
 def refine_lines(reports: dict[str, list[dict]]) -> list[str]:
     """What the refinement gained by its own measure (feature distance of the pedalboard render of
     the input excerpts to the reference's features, :mod:`afxcli.tasks.refine`): mean distance
@@ -224,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-seconds", type=float, default=None, help="crop mixes and references to their start")
     p.add_argument("--matchering-python", default=DEFAULT_MATCHERING_PYTHON)
     p.add_argument("--keep", default=None, help="keep the mastered files in this folder")
+    p.add_argument("--per-pair-crest", action="store_true",
+                   help="also each pair's crest factor of the reference and of every output")
     args = p.parse_args(argv)
 
     import torch
@@ -255,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"crop: {args.max_seconds or 'none'}", file=sys.stderr, flush=True)
         reports: dict[str, list[dict]] = {}
         rows = evaluate(pairs, methods, args.ceiling, work, mpy, progress=True, refine_reports=reports)
-    print("\n".join(figure_lines(rows, args.ceiling) + refine_lines(reports)))
+    print("\n".join(figure_lines(rows, args.ceiling) + refine_lines(reports)
+                    + (pair_crest_lines(rows) if args.per_pair_crest else [])))
     if mpy is None:
         print("master_matchering: not measured (matchering not installed)")
 

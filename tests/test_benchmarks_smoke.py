@@ -104,6 +104,23 @@ def test_master_figure_lines_flag_items_over_the_ceiling(master_eval):
     assert "master_input_over_ceiling" not in text
 
 
+def test_master_pair_crest_lines_are_signed_per_pair(master_eval):
+    from afxcli.train.data import music_like
+
+    x = music_like(np.random.default_rng(2), 44100, 44100, 2)
+    ref = master_eval.recording_stats(x, 44100)
+    dense = np.tanh(4.0 * x) / 4.0   # soft-clipped: a lower crest factor than x
+    rows = {"input": [master_eval.distances(master_eval.recording_stats(x, 44100), ref)],
+            "afx_model": [master_eval.distances(master_eval.recording_stats(dense, 44100), ref)]}
+    lines = dict(line.split(": ") for line in master_eval.pair_crest_lines(rows))
+    value = {k: float(v.split()[0]) for k, v in lines.items()}
+    assert set(value) == {"master_pair0_reference_crest", "master_pair0_input_crest", "master_pair0_afx_model_crest"}
+    assert value["master_pair0_input_crest"] == pytest.approx(value["master_pair0_reference_crest"], abs=0.01)
+    assert value["master_pair0_afx_model_crest"] < value["master_pair0_reference_crest"] - 1.0
+    assert rows["afx_model"][0]["crest_error"] == pytest.approx(
+        value["master_pair0_reference_crest"] - value["master_pair0_afx_model_crest"], abs=0.01)
+
+
 def test_master_refine_lines_use_the_refined_distance_only_where_kept(master_eval):
     reps = {"afx_model_refine": [
         {"feature_distance_before_db": 4.0, "feature_distance_after_db": 3.0, "gain_db": 1.0, "kept": True},
