@@ -20,7 +20,10 @@ MR-STFT error, mel spectral distance (MSD, dB), spectral-centroid error (Hz), RM
 error (LU); means over the pairs. Printed as ``style_<domain>_<method>_<metric>: value unit`` plus
 ``style_<domain>_<method>_mrstft_reduction: X %`` (``1 − method/input``). ``--band-errors`` adds
 ``style_<domain>_<method>_band_error_<f>hz`` lines: the long-term spectral shape error per octave
-band (level removed), which shows in which bands a method's EQ misses the target.
+band (level removed), which shows in which bands a method's EQ misses the target; its
+``reference_spectrum`` rows are the reference's own shape error to the target (same style, the
+other half's content): what a method that matched the reference's long-term spectrum exactly would
+leave.
 
     .venv/bin/python benchmarks/style_eval.py --n 50 --seed 0 [--model runs/style_music/best.pt]
 """
@@ -52,16 +55,17 @@ def pair_metrics(output: np.ndarray, target: np.ndarray, sample_rate: float,
     ``band_errors`` also the per-octave shape errors ``band_error_<center>hz`` (dB)."""
     from afxcli import metrics
 
-    extra = {}
-    if band_errors:
-        centers = [c for c in OCTAVE_CENTERS_HZ if c < 0.45 * sample_rate]
-        extra = {f"band_error_{c:.0f}hz": float(e)
-                 for c, e in zip(centers, band_shape_errors_db(output, target, sample_rate))}
+    extra = _band_dict(output, target, sample_rate) if band_errors else {}
     return {**extra, "mrstft": metrics.mrstft_error(output, target),
             "msd_db": metrics.mel_spectral_distance_db(output, target, sample_rate),
             "spectral_centroid_error_hz": metrics.spectral_centroid_error_hz(output, target, sample_rate),
             "rms_error_db": abs(metrics.rms_dbfs(output) - metrics.rms_dbfs(target)),
             "lufs_error_lu": abs(metrics.lufs(output, sample_rate) - metrics.lufs(target, sample_rate))}
+
+
+def _band_dict(output: np.ndarray, target: np.ndarray, sample_rate: float) -> dict[str, float]:
+    centers = [c for c in OCTAVE_CENTERS_HZ if c < 0.45 * sample_rate]
+    return {f"band_error_{c:.0f}hz": float(e) for c, e in zip(centers, band_shape_errors_db(output, target, sample_rate))}
 
 
 #: Octave-band centers (Hz) of the optional per-band shape errors (``--band-errors``).
@@ -135,6 +139,8 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
         item = ds[k]
         x, ref, target = (item[key].numpy().astype(np.float32) for key in ("input", "reference", "target"))
         rows["input"].append(pair_metrics(x, target, sample_rate, band_errors))
+        if band_errors:   # the reference itself: what an exact long-term spectrum match would leave
+            rows.setdefault("reference_spectrum", []).append(_band_dict(ref, target, sample_rate))
         rb = rule_based(x, sample_rate, ref, sample_rate).apply(x, sample_rate)
         rows["rule-based"].append(pair_metrics(rb, target, sample_rate, band_errors))
         if predictor is not None:
@@ -169,13 +175,13 @@ def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
 
     for method, vals in result.items():
         m = label(method)
-        for name, (key, unit) in METRICS.items():
+        for name, (key, unit) in ((n, ku) for n, ku in METRICS.items() if ku[0] in vals):
             lines.append(f"style_{domain}_{m}_{name}: {vals[key]:.4f} {unit}".rstrip())
         for key in (k for k in vals if k.startswith("band_error_")):
             lines.append(f"style_{domain}_{m}_{key}: {vals[key]:.3f} dB")
     base = result["input"]["mrstft"]
     for method in result:
-        if method != "input":
+        if method != "input" and "mrstft" in result[method]:
             red = 100.0 * (1.0 - result[method]["mrstft"] / base) if base > 0 else math.nan
             lines.append(f"style_{domain}_{label(method)}_mrstft_reduction: {red:.1f} %")
     return lines

@@ -171,3 +171,16 @@ def test_style_pairs_level_weight_rows(style_eval, tiny_conv_style_model):
     assert {"model_level_w0", "model_level_w0.5", "model_level_w1"} <= set(res)
     assert res["model_level_w1"] == res["model_own_gain"] and res["model_level_w0"] == res["model"]
     assert "style_speech_model_level_w0p5_mrstft_reduction" in "\n".join(style_eval.figure_lines("speech", res))
+
+
+def test_style_pairs_band_errors_add_the_reference_spectrum_floor(style_eval):
+    """``--band-errors``: every method gets per-octave shape errors, and a ``reference_spectrum`` row
+    (the reference's own shape error to the target) has those lines only — no MR-STFT or reduction."""
+    res = style_eval.evaluate_pairs(None, 16000, 1, n=2, seed=4, clip_seconds=1.0, band_errors=True)
+    assert set(res) == {"input", "rule-based", "reference_spectrum"}
+    assert set(res["reference_spectrum"]) == {k for k in res["input"] if k.startswith("band_error_")}
+    assert all(v >= 0 and math.isfinite(v) for v in res["reference_spectrum"].values())
+    text = "\n".join(style_eval.figure_lines("speech", res))
+    assert "style_speech_reference_spectrum_band_error_1000hz:" in text
+    assert "style_speech_reference_spectrum_mrstft" not in text
+    assert "style_speech_rule_based_band_error_1000hz:" in text
