@@ -358,3 +358,27 @@ def test_master_with_the_shipped_model_at_8khz_mono(tmp_path, capsys):
     y, sr = sf.read(str(out), always_2d=True)
     assert sr == 8000 and y.shape == (3 * 8000, 1) and np.isfinite(y).all()
     assert true_peak_dbtp(y.T, sr) <= -1.0 + 1e-6
+
+
+@pytest.mark.parametrize("frames", [1, 10, 300])
+def test_tiny_inputs_get_a_one_line_error_or_an_output_never_an_internal_error(tmp_path, capsys, frames):
+    """Files of a few samples through every method of ``master`` and ``style-transfer``: master
+    refuses them before any analysis (no loudness below one 0.4 s block); style-transfer either
+    renders them whole or says in one line why not."""
+    x = (0.3 * np.sin(0.05 * np.arange(frames))).astype(np.float32)[None]
+    inp = _write(tmp_path / "tiny.wav", x, 44100)
+    ref = _write(tmp_path / "ref.wav", music(2.0, 0.2, 5, sr=44100), 44100)
+    for k, args in enumerate([["master", "--ref", str(ref)], ["master", "--method", "rule-based", "--ref", str(ref)],
+                              ["style-transfer", "--ref", str(ref)], ["style-transfer", "--preset", "warm"],
+                              ["style-transfer", "--method", "rule-based", "--ref", str(ref)]]):
+        out = tmp_path / f"o{k}.wav"
+        rc = main(["--quiet", args[0], str(inp), *args[1:], "-o", str(out)])
+        err = capsys.readouterr().err
+        assert "internal error" not in err and "Traceback" not in err, (args, err)
+        if args[0] == "master":
+            assert rc == 2 and "too short to master (needs at least 0.4 s)" in err and not out.exists(), (args, err)
+        elif rc == 0:
+            y, sr = sf.read(str(out), always_2d=True)
+            assert sr == 44100 and y.shape == (frames, 1) and np.isfinite(y).all()
+        else:
+            assert rc == 2 and err.startswith("afx: error:") and err.count("\n") == 1 and not out.exists(), (args, err)

@@ -48,6 +48,10 @@ LIMITER_LABEL = "ceiling"
 PREFETCH_MODULES = ("afxcli.effects.chain", "afxcli.render", "soxr")
 
 
+#: Shortest input ``afx master`` takes, seconds: one BS.1770 gating block (its loudness is undefined below).
+MIN_MASTER_SECONDS = 0.4
+
+
 def import_torch_here() -> None:
     """Import torch (and the refinement module) in the calling thread, before any side thread
     may need it."""
@@ -431,13 +435,17 @@ def _master_file(input_path: Path, output_path: Path, ctx: MasterContext, report
     t0 = time.perf_counter()
     audio, sr = ctx.take_read_ahead(input_path) or read_audio(input_path)
 
+    too_short = f"too short to master (needs at least {MIN_MASTER_SECONDS:g} s)"
+
     def checked_lufs(v: float) -> float:
         if math.isnan(v):
-            raise AfxError("too short to master (needs at least 0.4 s)")
+            raise AfxError(too_short)
         if not math.isfinite(v):
             raise AfxError("input is silent")
         return v
 
+    if audio.shape[-1] < MIN_MASTER_SECONDS * sr:   # before any analysis: no loudness to measure
+        raise AfxError(too_short)
     # the model's analysis does not need the input's loudness: measure it in the side thread meanwhile
     in_lufs_f = side.submit(measure_lufs, audio, sr)
     if ctx.method == "model":

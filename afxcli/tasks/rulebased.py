@@ -58,10 +58,10 @@ def average_spectrum(audio: np.ndarray, sample_rate: float, frame_seconds: float
     length = a.shape[-1]
     n = int(2 ** round(math.log2(max(256.0, frame_seconds * sample_rate))))
     n = min(n, max(256, 2 ** int(math.log2(max(2, length)))))
-    if length < n:  # shorter than one frame: scipy's own handling (one shortened segment)
+    if length < n:  # shorter than one frame: one segment of the whole signal (as scipy shortens it)
         from scipy.signal import welch
 
-        return welch(mono(a), fs=sample_rate, window="hann", nperseg=n, noverlap=n // 2, detrend=False)
+        return welch(mono(a), fs=sample_rate, window="hann", nperseg=length, noverlap=length // 2, detrend=False)
     step = n - n // 2
     n_seg = (length - n) // step + 1
     seg = np.arange(n_seg)
