@@ -288,6 +288,45 @@ def test_master_time_varying_writes_automation_that_renders_back(model_path, tmp
         assert rc == 2 and "time-varying" in err and not (tmp_path / "x.wav").exists()
 
 
+def test_master_batch_embeds_the_reference_once_and_a_failed_embedding_is_one_line(
+        model_path, tmp_path, capsys, monkeypatch):
+    """A time-varying batch (``--jobs 2``, worker threads) embeds the reference exactly once; when
+    that embedding fails the error is one line, with no traceback from any thread."""
+    import threading
+
+    from afxcli.errors import AfxError
+    from afxcli.tasks.style import StylePredictor
+
+    sr = 22050
+    d = tmp_path / "in"
+    d.mkdir()
+    for k in range(3):
+        _write(d / f"s{k}.wav", audio(2.0, sr, 40 + k, channels=2), sr)
+    ref = _write(tmp_path / "r.wav", audio(2.0, sr, 50, channels=2, tilt=0.5), sr)
+    (tmp_path / "o").mkdir()
+    calls = []
+    real_embed = StylePredictor.embed
+    monkeypatch.setattr(StylePredictor, "embed", lambda self, a, r: calls.append(a.shape) or real_embed(self, a, r))
+    rc = main(["--quiet", "master", str(d), "--ref", str(ref), "--model", str(model_path), "--time-varying",
+               "--out-dir", str(tmp_path / "o"), "--jobs", "2"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(calls) == 1 and len(list((tmp_path / "o").iterdir())) == 3
+
+    def broken(self, a, r):
+        raise AfxError("reference analysis failed (simulated)")
+
+    monkeypatch.setattr(StylePredictor, "embed", broken)
+    uncaught = []
+    monkeypatch.setattr(threading, "excepthook", uncaught.append)   # where a thread's traceback goes
+    capsys.readouterr()
+    rc = main(["--quiet", "master", str(d / "s0.wav"), "--ref", str(ref), "--model", str(model_path),
+               "--time-varying", "-o", str(tmp_path / "x.wav")])
+    assert not uncaught
+    err = capsys.readouterr().err
+    assert rc != 0 and "reference analysis failed (simulated)" in err and "Traceback" not in err, err
+    assert err.count("\n") == 1 and not (tmp_path / "x.wav").exists()
+
+
 def test_style_errors_one_line_no_output(model_path, tmp_path, capsys):
     sr = 16000
     inp = _write(tmp_path / "e.wav", audio(1.0, sr, 14, channels=1), sr)
