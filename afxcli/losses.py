@@ -9,6 +9,7 @@ item (``reduction="none"``, shape ``(batch,)``). Silence in, finite loss and fin
 - :class:`MultiResolutionSTFTLoss` — DeepAFx-ST (Steinmetz et al., JAES 2022) §3.4.
 - :class:`LogMelL1Loss` — BE-AFX (Peladeau & Peeters, ICASSP 2024) eq. 9 on RMS-normalized signals.
 - :class:`LogCoshSpectralLoss` — SignalTrain (Hawley et al., AES 2019) eq. 1.
+- :class:`LoudnessL1Loss` — BS.1770-4 loudness difference (ungated), a level term for style training.
 - :func:`parameter_mse` — BE-AFX §2.3 parameter loss MSE(q̂, q) on normalized parameters.
 
 :func:`make_loss` builds any of the audio losses by name (for training configs).
@@ -462,6 +463,59 @@ class ParameterMSELoss(torch.nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 #: Audio losses by name (what a training config names).
+# --------------------------------------------------------------------------------------------------
+# loudness (a level term for style training)
+# --------------------------------------------------------------------------------------------------
+
+
+class LoudnessL1Loss(torch.nn.Module):
+    """``|L(ŷ) − L(y)|`` in LU, ``L`` the *ungated* BS.1770-4 loudness of the whole signal:
+    ``−0.691 + 10·log10(Σ_c mean_t (K x_c)²)`` (ITU-R BS.1770-4 eqs. 1–2 with channel weights 1
+    and no gating blocks; for a signal that stays above the gates this is its integrated loudness).
+
+    The K-weighting (:func:`afxcli.filters.k_weighting_sos`, pyloudnorm's design at
+    ``sample_rate``) is applied in the frequency domain: by Parseval, ``Σ_t (K x)² = Σ_f |X(f)|²
+    |H_K(f)|² / N`` over the whole signal's DFT (a circular filter: differs from the causal one
+    only at the ends). Differentiable; shapes ``(batch, channels, samples)``.
+    """
+
+    def __init__(self, sample_rate: float, eps: float = 1e-10, reduction: Reduction = "mean") -> None:
+        super().__init__()
+        if not sample_rate > 0:
+            raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        _check_reduction(reduction)
+        self.sample_rate = float(sample_rate)
+        self.eps = float(eps)
+        self.reduction = reduction
+        self._weights: dict[int, torch.Tensor] = {}
+
+    def _power_weights(self, n: int) -> torch.Tensor:
+        """``|H_K(f_k)|²`` on the ``n``-point one-sided DFT grid, doubled where the two-sided
+        spectrum has a mirror bin (so that a sum over it is the whole spectrum's): ``(n // 2 + 1,)``."""
+        if n not in self._weights:
+            import numpy as np
+
+            from .filters import k_weighting_sos, sos_response
+
+            k = np.arange(n // 2 + 1)
+            h2 = np.abs(sos_response(k_weighting_sos(self.sample_rate), np.exp(-2j * np.pi * k / n))) ** 2
+            h2[1:(n + 1) // 2] *= 2.0
+            self._weights[n] = torch.from_numpy(h2)
+        return self._weights[n]
+
+    def loudness(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch,)`` ungated K-weighted loudness (LUFS) of ``x`` ``(batch, channels, samples)``."""
+        n = x.shape[-1]
+        spec = torch.fft.rfft(x, dim=-1)
+        w = self._power_weights(n).to(dtype=x.dtype, device=x.device)
+        mean_square = ((spec.real ** 2 + spec.imag ** 2) * w).sum(dim=-1) / float(n) ** 2   # (batch, channels)
+        return -0.691 + 10.0 * torch.log10(mean_square.sum(dim=1) + self.eps)
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(output, target)
+        return _reduce((self.loudness(output) - self.loudness(target)).abs(), self.reduction)
+
+
 LOSSES: dict[str, type[torch.nn.Module]] = {
     "delay_invariant": DelayInvariantLoss,
     "mrstft": MultiResolutionSTFTLoss,

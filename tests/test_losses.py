@@ -14,6 +14,7 @@ from afxcli.losses import (
     DelayInvariantLoss,
     LogCoshSpectralLoss,
     LogMelL1Loss,
+    LoudnessL1Loss,
     MultiResolutionSTFTLoss,
     ParameterMSELoss,
     align,
@@ -301,3 +302,28 @@ def test_make_loss_by_name():
         make_loss("log_mel")
     with pytest.raises(ValueError):
         make_loss("nope")
+
+
+@pytest.mark.parametrize("sr,channels", [(16000, 1), (24000, 2), (44100, 2)])
+def test_loudness_loss_is_ungated_bs1770_and_reads_a_gain(sr, channels):
+    """The frequency-domain K-weighting equals the causal BS.1770-4 filters (pyloudnorm's design)
+    run over the signal; a gain of g dB moves the loudness by g LU; the gradient reaches the input."""
+    from scipy.signal import sosfilt
+
+    from afxcli.filters import k_weighting_sos
+
+    x = noise(channels, 3 * sr, seed=sr) * 0.1
+    sos = k_weighting_sos(sr)
+    sos = np.concatenate([sos[:, :3] / sos[:, 3:4], sos[:, 3:] / sos[:, 3:4]], axis=1)
+    y = sosfilt(sos, x.astype(np.float64), axis=-1)
+    want = -0.691 + 10 * np.log10(np.sum(np.mean(y ** 2, axis=-1)))
+    loss = LoudnessL1Loss(sr)
+    xt = torch.from_numpy(x).float()[None]
+    assert float(loss.loudness(xt)[0]) == pytest.approx(want, abs=1e-3)
+    out = (xt * 10 ** (-2.5 / 20)).requires_grad_(True)
+    value = loss(out, xt)
+    assert float(value.detach()) == pytest.approx(2.5, abs=1e-4)
+    value.backward()
+    assert out.grad is not None and float(out.grad.abs().sum()) > 0
+    per_item = LoudnessL1Loss(sr, reduction="none")(torch.cat([xt, 0.5 * xt]), torch.cat([xt, xt]))
+    assert per_item.shape == (2,) and float(per_item[0]) < 1e-5 and float(per_item[1]) == pytest.approx(6.0206, abs=1e-3)

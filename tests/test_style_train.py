@@ -200,6 +200,30 @@ def test_style_chain_renders_at_file_rates(rate):
     assert y.shape == (1, 1, 2048) and bool(torch.isfinite(y).all())
 
 
+def test_style_task_loudness_weight_adds_the_level_term_to_training_only():
+    """``loudness_weight``: the training loss is the audio loss plus w·|ΔLUFS| of the same render;
+    the validation loss stays the audio loss (comparable across runs)."""
+    from afxcli.losses import LoudnessL1Loss
+
+    base = _tiny_config()
+    torch.manual_seed(0)
+    plain = StyleTask(base)
+    torch.manual_seed(0)
+    weighted = StyleTask(validate_config({**{k: base[k] for k in ("seed", "steps", "batch_size", "lr", "data")},
+                                          "task": "style",
+                                          "task_options": {**base["task_options"], "loudness_weight": 0.5}}))
+    batch = torch.utils.data.default_collate([plain.train_dataset()[k] for k in range(2)])
+    with torch.no_grad():
+        y = plain.render.render(batch["input"], plain.predict(batch))
+        want = plain.loss_fn(y, batch["target"]) + 0.5 * LoudnessL1Loss(SR)(y, batch["target"])
+        assert float(weighted.loss(batch, 0)) == pytest.approx(float(want), rel=1e-5)
+        assert float(weighted.loss(batch, 0)) > float(plain.loss(batch, 0))
+    assert weighted.val_loss(batch) == pytest.approx(plain.val_loss(batch), rel=1e-6)
+    with pytest.raises(AfxError, match="loudness_weight"):
+        validate_config({**{k: base[k] for k in ("seed", "steps", "batch_size", "lr", "data")}, "task": "style",
+                         "task_options": {**base["task_options"], "loudness_weight": -1.0}})
+
+
 def test_style_task_spsa_option_gives_gradients():
     """SPSA (DeepAFx-ST §2.3) as the alternative to AD: the controller still receives a gradient."""
     base = _tiny_config()

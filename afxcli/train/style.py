@@ -521,6 +521,10 @@ class StyleTask(ChainTask):
         "hidden": Field([256, 256], (list,), lambda v: None if v and all(isinstance(h, int) and h > 0 for h in v)
                         else "must be a list of positive integers", "controller MLP widths"),
         "init_neutral": Field(True, BOOL, doc="start the controller near NEUTRAL_STYLE (init_controller_neutral)"),
+        "loudness_weight": Field(0.0, FLOAT, non_negative,
+                                 "training only: adds this × |ΔLUFS| (afxcli.losses.LoudnessL1Loss, ungated "
+                                 "BS.1770-4) to the training loss, so the network's own output gain aims at the "
+                                 "target's loudness; the validation loss stays the audio loss alone"),
         "level_own_gain_weight": Field(0.0, FLOAT, fraction,
                                        "inference only: the output level (dB) is this share of the network's own "
                                        "output gain and the rest of the reference's loudness "
@@ -546,6 +550,11 @@ class StyleTask(ChainTask):
         self._setup_chain(config, "style")
         if config["task_options"]["init_neutral"]:  # a resumed run loads its weights over this
             init_controller_neutral(self.model, self.chain)
+        self.loudness_weight = float(config["task_options"]["loudness_weight"])
+        if self.loudness_weight:
+            from ..losses import LoudnessL1Loss
+
+            self.loudness_loss = LoudnessL1Loss(config["data"]["sample_rate"])
 
     def split_files(self, split: str) -> list[Path] | None:
         """Audio files of ``split`` ("train"/"val"), or None for generated signals."""
@@ -565,7 +574,11 @@ class StyleTask(ChainTask):
         return self.model(batch["input"], batch["reference"])
 
     def loss(self, batch: dict, step: int) -> torch.Tensor:
-        return self.loss_fn(self.render.render(batch["input"], self.predict(batch)), batch["target"])
+        y = self.render.render(batch["input"], self.predict(batch))
+        loss = self.loss_fn(y, batch["target"])
+        if self.loudness_weight:
+            loss = loss + self.loudness_weight * self.loudness_loss(y, batch["target"])
+        return loss
 
     def val_loss(self, batch: dict) -> float:
         return float(self.loss_fn(self.render.inference(batch["input"], self.predict(batch)), batch["target"]))
