@@ -224,6 +224,38 @@ def test_style_task_loudness_weight_adds_the_level_term_to_training_only():
                          "task_options": {**base["task_options"], "loudness_weight": -1.0}})
 
 
+def test_style_task_train_only_moves_the_chosen_outputs_alone():
+    """``train_only: ["out.gain_db"]``: after optimizer steps every other predicted parameter is
+    exactly as before (a linear probe for the output gain on the frozen network)."""
+    base = _tiny_config()
+    opts = {**base["task_options"], "train_only": ["out.gain_db"], "loudness_weight": 1.0}
+    cfg = validate_config({**{k: base[k] for k in ("seed", "steps", "batch_size", "lr", "data")}, "task": "style",
+                           "task_options": opts})
+    torch.manual_seed(0)
+    task = StyleTask(cfg)
+    params = [p for p in task.model.parameters() if p.requires_grad]
+    assert {id(p) for p in params} == {id(task.model.controller.out.weight), id(task.model.controller.out.bias)}
+    batch = torch.utils.data.default_collate([task.train_dataset()[k] for k in range(2)])
+    with torch.no_grad():
+        q0 = task.predict(batch)
+    opt = torch.optim.Adam(params, lr=0.05)
+    for step in range(3):
+        opt.zero_grad()
+        task.loss(batch, step).backward()
+        opt.step()
+    with torch.no_grad():
+        q1 = task.predict(batch)
+    g = task.chain.free_keys.index("out.gain_db")
+    others = [j for j in range(q0.shape[1]) if j != g]
+    assert torch.equal(q1[:, others], q0[:, others])
+    assert float((q1[:, g] - q0[:, g]).abs().max()) > 1e-4
+    for bad, match in ((["eq.nope_db"], "train_only"), ([], "train_only")):
+        with pytest.raises(AfxError, match=match):
+            StyleTask(validate_config({**cfg, "task_options": {**opts, "train_only": bad}}))
+    with pytest.raises(AfxError, match="weight_decay"):
+        StyleTask(validate_config({**cfg, "weight_decay": 0.01}))
+
+
 def test_style_task_spsa_option_gives_gradients():
     """SPSA (DeepAFx-ST §2.3) as the alternative to AD: the controller still receives a gradient."""
     base = _tiny_config()

@@ -525,6 +525,9 @@ class StyleTask(ChainTask):
                                  "training only: adds this × |ΔLUFS| (afxcli.losses.LoudnessL1Loss, ungated "
                                  "BS.1770-4) to the training loss, so the network's own output gain aims at the "
                                  "target's loudness; the validation loss stays the audio loss alone"),
+        "train_only": Field(None, (list, type(None)), None,
+                            "fine-tuning: train only the controller's output for these chain free keys "
+                            "(e.g. [\"out.gain_db\"]); everything else, and the other keys' outputs, stay frozen"),
         "level_own_gain_weight": Field(0.0, FLOAT, fraction,
                                        "inference only: the output level (dB) is this share of the network's own "
                                        "output gain and the rest of the reference's loudness "
@@ -550,11 +553,35 @@ class StyleTask(ChainTask):
         self._setup_chain(config, "style")
         if config["task_options"]["init_neutral"]:  # a resumed run loads its weights over this
             init_controller_neutral(self.model, self.chain)
+        if config["task_options"]["train_only"] is not None:
+            self._train_only(config, list(config["task_options"]["train_only"]))
         self.loudness_weight = float(config["task_options"]["loudness_weight"])
         if self.loudness_weight:
             from ..losses import LoudnessL1Loss
 
             self.loudness_loss = LoudnessL1Loss(config["data"]["sample_rate"])
+
+    def _train_only(self, config: dict, keys: list) -> None:
+        """Freeze everything but the controller's output rows of ``keys`` (a linear probe on the
+        frozen network's last hidden layer): the other parameters' predictions stay exactly as they
+        were. Plain Adam only: its update of a row whose gradient is always zero is zero, AdamW's
+        weight decay would still move it."""
+        free = list(self.chain.free_keys)
+        unknown = [k for k in keys if k not in free]
+        if not keys or unknown:
+            raise AfxError(f"task_options.train_only: {', '.join(map(str, unknown)) or 'empty'} not among the "
+                           f"chain's free keys ({', '.join(free)})")
+        if config["weight_decay"]:
+            raise AfxError("task_options.train_only needs weight_decay 0 (decay would move the frozen rows)")
+        out = self.model.controller.out
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        mask = torch.zeros(len(free))
+        mask[[free.index(k) for k in keys]] = 1.0
+        out.weight.requires_grad_(True)
+        out.bias.requires_grad_(True)
+        out.weight.register_hook(lambda g: g * mask[:, None].to(g))
+        out.bias.register_hook(lambda g: g * mask.to(g))
 
     def split_files(self, split: str) -> list[Path] | None:
         """Audio files of ``split`` ("train"/"val"), or None for generated signals."""
