@@ -27,6 +27,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -107,6 +108,15 @@ def k_weighting_sos(sample_rate: float) -> np.ndarray:
     (pre-filter high shelf, then the RLB high pass)."""
     return np.stack([rbj_high_shelf(sample_rate, 1500.0, 4.0, 1.0 / math.sqrt(2.0)),
                      rbj_high_pass(sample_rate, 38.0, 0.5)])
+
+
+@functools.lru_cache(maxsize=16)
+def k_weighting_power(sample_rate: float, n_fft: int) -> np.ndarray:
+    """``|H_K(f)|²`` of :func:`k_weighting_sos` on the ``n_fft``-point rfft bins ``(n_fft // 2 + 1,)``
+    (cached: callers must not modify it)."""
+    k = np.arange(int(n_fft) // 2 + 1)
+    h2 = np.abs(sos_response(k_weighting_sos(sample_rate), np.exp(-2j * math.pi * k / int(n_fft)))) ** 2
+    return h2
 
 
 def juce_sections_f32(settings, sample_rate: float) -> np.ndarray:

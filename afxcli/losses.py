@@ -459,11 +459,6 @@ class ParameterMSELoss(torch.nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# by name
-# --------------------------------------------------------------------------------------------------
-
-#: Audio losses by name (what a training config names).
-# --------------------------------------------------------------------------------------------------
 # loudness (a level term for style training)
 # --------------------------------------------------------------------------------------------------
 
@@ -493,12 +488,9 @@ class LoudnessL1Loss(torch.nn.Module):
         """``|H_K(f_k)|²`` on the ``n``-point one-sided DFT grid, doubled where the two-sided
         spectrum has a mirror bin (so that a sum over it is the whole spectrum's): ``(n // 2 + 1,)``."""
         if n not in self._weights:
-            import numpy as np
+            from .filters import k_weighting_power
 
-            from .filters import k_weighting_sos, sos_response
-
-            k = np.arange(n // 2 + 1)
-            h2 = np.abs(sos_response(k_weighting_sos(self.sample_rate), np.exp(-2j * np.pi * k / n))) ** 2
+            h2 = k_weighting_power(self.sample_rate, n).copy()
             h2[1:(n + 1) // 2] *= 2.0
             self._weights[n] = torch.from_numpy(h2)
         return self._weights[n]
@@ -516,6 +508,11 @@ class LoudnessL1Loss(torch.nn.Module):
         return _reduce((self.loudness(output) - self.loudness(target)).abs(), self.reduction)
 
 
+# --------------------------------------------------------------------------------------------------
+# by name
+# --------------------------------------------------------------------------------------------------
+
+#: Audio losses by name (what a training config names).
 LOSSES: dict[str, type[torch.nn.Module]] = {
     "delay_invariant": DelayInvariantLoss,
     "mrstft": MultiResolutionSTFTLoss,

@@ -168,3 +168,17 @@ def test_one_blas_thread_limits_and_restores():
         inside = blas_threads()
         assert all(n == 1 for n in inside)
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("sr,n_fft", [(16000, 1024), (44100, 2048), (48000, 4096)])
+def test_k_weighting_power_equals_pyloudnorms_filters(sr, n_fft):
+    import pyloudnorm
+    from scipy.signal import freqz
+
+    from afxcli.filters import k_weighting_power
+
+    f = np.fft.rfftfreq(n_fft, 1.0 / sr)
+    h = np.ones_like(f, dtype=np.complex128)
+    for flt in pyloudnorm.Meter(sr)._filters.values():
+        h = h * freqz(flt.b, flt.a, worN=f, fs=sr)[1] * flt.passband_gain
+    np.testing.assert_allclose(k_weighting_power(float(sr), n_fft), np.abs(h) ** 2, rtol=1e-9, atol=1e-12)

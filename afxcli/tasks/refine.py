@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from ..errors import AfxError
+from ..filters import k_weighting_power
 from .rulebased import THIRD_OCTAVE_HZ
 
 #: Excerpt length (seconds) and counts used for features.
@@ -80,22 +81,6 @@ def segments(audio: np.ndarray, sample_rate: float, count: int, seconds: float =
 
 def _n_fft(sample_rate: float) -> int:
     return int(2 ** round(math.log2(0.046 * sample_rate)))
-
-
-@functools.lru_cache(maxsize=8)
-def _k_weighting_power(sample_rate: float, n_fft: int) -> np.ndarray:
-    """|H_K(f)|² of the BS.1770-4 K-weighting (pyloudnorm's two biquads at this rate) on rfft bins
-    (cached: every refinement step needs it; callers must not modify it)."""
-    import pyloudnorm
-    from scipy.signal import freqz
-
-    meter = pyloudnorm.Meter(int(round(sample_rate)))
-    f = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    h = np.ones_like(f, dtype=np.complex128)
-    for flt in meter._filters.values():
-        _, resp = freqz(flt.b, flt.a, worN=f, fs=sample_rate)
-        h = h * resp * flt.passband_gain
-    return np.abs(h) ** 2
 
 
 @functools.lru_cache(maxsize=8)
@@ -135,7 +120,7 @@ def features(x: torch.Tensor, sample_rate: float, max_hz: float | None = None) -
     mt = torch.from_numpy(m).to(x.dtype)
     bands = (mt @ mean_magnitude) ** 2 * scale
     power_bands = mt @ mean_power
-    kw = torch.from_numpy(_k_weighting_power(sr, n_fft)).to(x.dtype)
+    kw = torch.from_numpy(k_weighting_power(float(sr), n_fft)).to(x.dtype)
     loud = 10.0 * torch.log10((mean_power * kw).sum() / n_fft + 1e-12) - 0.691
     peak = x.abs().amax(dim=(1, 2))
     rms = torch.sqrt((x * x).mean(dim=(1, 2)) + 1e-12)
@@ -165,7 +150,7 @@ def band_loudness_weights(sample_rate: float, max_hz: float) -> np.ndarray:
     constant: the bins outside every band)."""
     n_fft = _n_fft(float(sample_rate))
     m, _ = _band_matrix(float(sample_rate), n_fft, min(0.95 * sample_rate / 2, max_hz))
-    return (m @ _k_weighting_power(float(sample_rate), n_fft)) * (m > 0).sum(axis=1)
+    return (m @ k_weighting_power(float(sample_rate), n_fft)) * (m > 0).sum(axis=1)
 
 
 def transferred(out_excerpts: Features, in_excerpts: Features, in_recording: Features,
