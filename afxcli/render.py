@@ -214,7 +214,8 @@ def _combinable(fx: Effect) -> bool:
 PIPELINE_MIN_SAMPLES = 1 << 20
 
 
-def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int) -> np.ndarray:
+def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Stream ``audio`` through the twins of the ``(effect, static values | None, checked blocks |
     None)`` jobs chained in one pedalboard board (one call per block instead of one per effect and
     block), each effect's values set per block; every twin has zero latency (:func:`_combinable`).
@@ -223,7 +224,8 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
     per thread instead, :func:`_render_jobs`), the first effect streams in a thread of its own, one
     block ahead of the board of the others (a two-stage pipeline: pedalboard releases the GIL while it
     renders). The same blocks reach every plugin with the same updates either way, so the samples
-    are the same (tested)."""
+    are the same (tested). ``out``: a float32 ``(channels, samples)`` array (not ``audio``) that the
+    result is written into and returned; by default a new one."""
     import threading
 
     import pedalboard
@@ -254,8 +256,19 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
     got = sum(seg.shape[-1] for seg in segs)
     if got < n:  # the automation stops short of the audio: the rest with the last values
         segs.append(np.ascontiguousarray(audio[:, got:]))
+    y = np.empty((audio.shape[0], n), np.float32) if out is None else out   # blocks land in place
+    pos = 0
+
+    def put(o: np.ndarray) -> None:
+        nonlocal pos
+        if pos + o.shape[-1] > n:
+            raise AfxError(f"internal: combined render returned more than {n} samples")
+        y[:, pos:pos + o.shape[-1]] = o
+        pos += o.shape[-1]
+
     if len(stages) == 1:
-        outs = [step(0, k, seg) for k, seg in enumerate(segs)]
+        for k, seg in enumerate(segs):
+            put(step(0, k, seg))
     else:
         import queue
 
@@ -270,18 +283,16 @@ def _stream_together(group: Sequence[tuple], audio: np.ndarray, block_size: int)
 
         worker = threading.Thread(target=first_stage, name="afx-render-stage", daemon=True)
         worker.start()
-        outs = []
         try:
             for k in range(len(segs)):
                 a = firsts.get()
                 if isinstance(a, BaseException):
                     raise a
-                outs.append(step(1, k, a))
+                put(step(1, k, a))
         finally:
             worker.join()
-    y = np.concatenate(outs, axis=-1)
-    if y.shape[-1] != n:
-        raise AfxError(f"internal: combined render returned {y.shape[-1]} samples for {n}")
+    if pos != n:
+        raise AfxError(f"internal: combined render returned {pos} samples for {n}")
     return y
 
 
@@ -292,12 +303,15 @@ def _render_jobs(jobs: Sequence[tuple], y: np.ndarray, block_size: int, threads:
     every channel in one call (:func:`render_by_impulse_response`)."""
     threads = min(y.shape[0], threads or free_cores())
 
-    def run(group: Sequence[tuple], a: np.ndarray) -> np.ndarray:
+    def run(group: Sequence[tuple], a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if len(group) > 1 and any(b is not None for _, _, b in group) and all(_combinable(fx) for fx, _, _ in group):
-            return _stream_together(group, a, block_size)
+            return _stream_together(group, a, block_size, out)
         for fx, vals, blocks in group:
             a = render_effect(fx, a, vals) if blocks is None else \
                 render_effect(fx, a, blocks=blocks, block_size=block_size, checked=True)
+        if out is not None:
+            out[...] = a
+            return out
         return a
 
     def threaded(job: tuple) -> bool:
@@ -314,10 +328,15 @@ def _render_jobs(jobs: Sequence[tuple], y: np.ndarray, block_size: int, threads:
         if threads > 1 and j > i:
             from concurrent.futures import ThreadPoolExecutor
 
-            group = jobs[i:j]
+            group, src = jobs[i:j], y
+            y = np.empty_like(src)   # each channel's result lands in place: no second whole-length copy
+
+            def one_channel(c: int) -> None:
+                run(group, src[c:c + 1], y[c:c + 1])
+
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="afx-render") as ex:
-                parts = list(ex.map(lambda c: run(group, y[c:c + 1]), range(y.shape[0])))
-            y = np.concatenate(parts, axis=0)
+                list(ex.map(one_channel, range(src.shape[0])))
+            del src
             i = j
         else:
             y = run(jobs[i:max(j, i + 1)], y)

@@ -160,3 +160,24 @@ def test_k_weighted_energy_fed_in_parts_equals_block_energies():
     for avail in (100, 40000, 40001, 99999, x.shape[1]):
         acc.feed(x, avail)
     assert np.array_equal(acc.blocks(), block_energies(x, SR))
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 15])
+def test_k_weighted_block_energies_equal_each_block_summed_directly(monkeypatch, chunk):
+    """The accumulator keeps only sums between gating-block bounds (no whole-length energy
+    signal); each block's energy must still be the mean of the K-weighted, channel-weighted squares
+    over exactly its samples — also when bounds fall inside a filtering chunk or on its edge."""
+    from scipy.signal import sosfilt
+
+    import afxcli.tasks.loudness as loud
+    from afxcli.filters import k_weighting_sos
+
+    monkeypatch.setattr(loud, "K_WEIGHTING_CHUNK", chunk)
+    x = loud_music(2.3, 8)
+    z = loud.block_energies(x, SR)
+    e = np.square(sosfilt(k_weighting_sos(SR), x.astype(np.float64), axis=-1)).sum(axis=0)
+    lo, hi, _ = loud._gating_bounds(SR, x.shape[1])
+    want = np.array([e[a:b].sum() for a, b in zip(lo, hi)]) / (0.4 * SR)
+    assert z.shape == want.shape and len(z) == round((2.3 - 0.4) / 0.1) + 1
+    np.testing.assert_allclose(z, want, rtol=1e-9)
+    assert loud.block_energies(x[:, :int(0.4 * SR)], SR) is None   # shorter than one block

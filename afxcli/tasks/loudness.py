@@ -127,6 +127,22 @@ def block_energies(audio: np.ndarray, sample_rate: float) -> np.ndarray | None:
     return acc.blocks()
 
 
+def _gating_bounds(sample_rate: float, n: int):
+    """``(lo, hi, cuts)`` of the BS.1770-4 gating blocks of an ``n``-sample signal (pyloudnorm's
+    bounds: 400 ms blocks, 75 % overlap): each block's first and end sample, and every distinct
+    bound under ``n`` in order (``cuts[0]`` is 0); ``(None, None, empty)`` when shorter than one block."""
+    t_g = GATE_BLOCK_SECONDS
+    if n < int(round(t_g * sample_rate)) + 1:
+        return None, None, np.zeros(0, np.int64)
+    step = 1.0 - GATE_OVERLAP
+    n_blocks = int(np.round(((n / sample_rate - t_g) / (t_g * step)))) + 1
+    j = np.arange(n_blocks)
+    lo = (t_g * (j * step) * sample_rate).astype(np.int64)
+    hi = np.minimum((t_g * (j * step + 1) * sample_rate).astype(np.int64), n)
+    cuts = np.unique(np.concatenate([lo, hi]))
+    return lo, hi, cuts[cuts < n]
+
+
 class KWeightedEnergy:
     """:func:`block_energies` of a signal that arrives in parts: :meth:`feed` it the samples
     available so far (any count; they are filtered in whole :data:`K_WEIGHTING_CHUNK` s, the rest
@@ -149,8 +165,12 @@ class KWeightedEnergy:
         self.sections = [BlockIIR(s[:3], s[3:], K_WEIGHTING_BLOCK) for s in k_weighting_sos(self.sr)]
         self.states = [f.zero_state(channels) for f in self.sections]
         self.weights = np.array([1.0, 1.0, 1.0, 1.41, 1.41])[:channels]
-        self.e = np.empty(self.n, np.float64)
         self.done = 0
+        # the gating blocks' bounds: only the sums of Σ_i G_i y_i² between consecutive bounds are
+        # kept (the 100 ms steps of the 75 % overlap), never a whole-length energy signal
+        self.lo, self.hi, self.cuts = _gating_bounds(self.sr, self.n)
+        self.seg = np.zeros(self.cuts.size, np.float64)
+        self.e = np.empty(0, np.float64)   # one chunk's Σ_i G_i y_i²
 
     def feed(self, audio: np.ndarray, available: int) -> None:
         """Filter ``audio[:, done:available]`` (``audio``: the whole signal's array, ``(channels,
@@ -168,28 +188,28 @@ class KWeightedEnergy:
                 yc, self.states[i] = f.process(yc, self.states[i])
             yc = yc[:, :m]
             np.square(yc, out=yc)
-            np.dot(self.weights, yc, out=self.e[s:s + m])
+            if self.e.size < m:
+                self.e = np.empty(m, np.float64)
+            e = self.e[:m]
+            np.dot(self.weights, yc, out=e)
+            if self.cuts.size:   # this chunk's share of each segment between gating-block bounds
+                k0 = int(np.searchsorted(self.cuts, s, side="right")) - 1
+                k1 = int(np.searchsorted(self.cuts, s + m, side="left"))
+                starts = np.concatenate([[0], self.cuts[k0 + 1:k1] - s])
+                self.seg[k0:k0 + starts.size] += np.add.reduceat(e, starts)
             self.done = s + m
 
     def blocks(self) -> np.ndarray | None:
         """The gating blocks' energies (``None`` when shorter than one block); needs every sample fed."""
-        sr, n, t_g = self.sr, self.n, GATE_BLOCK_SECONDS
-        if n < int(round(t_g * sr)) + 1:
+        if self.lo is None:
             return None
-        if self.done < n:
+        if self.done < self.n:
             raise AfxError("internal: loudness blocks before every sample was filtered")
-        e = self.e
-        step = 1.0 - GATE_OVERLAP
-        n_blocks = int(np.round(((n / sr - t_g) / (t_g * step)))) + 1
-        j = np.arange(n_blocks)
-        lo = (t_g * (j * step) * sr).astype(np.int64)
-        hi = np.minimum((t_g * (j * step + 1) * sr).astype(np.int64), n)
-        cuts = np.unique(np.concatenate([lo, hi]))
-        cuts = cuts[cuts < n]
-        seg = np.add.reduceat(e, cuts)                                   # sums between consecutive cuts
-        cs = np.concatenate([[0.0], np.cumsum(seg)])
+        cuts, lo, hi, n = self.cuts, self.lo, self.hi, self.n
+        cs = np.concatenate([[0.0], np.cumsum(self.seg)])
         pos = {int(c): k for k, c in enumerate(cuts)}
         pos[n] = len(cuts)
+        t_g, sr = GATE_BLOCK_SECONDS, self.sr
         return (cs[[pos[int(h)] for h in hi]] - cs[[pos[int(l_)] for l_ in lo]]) / (t_g * sr)   # Σ_i G_i z_ij
 
 
@@ -489,7 +509,16 @@ def _search_limited(x: np.ndarray, sr: float, target: float, ceiling_check: floa
     from .loudness_search import search_gain
 
     renders = 0
-    seen: dict[float, tuple] = {}
+    seen: dict[float, tuple] = {}   # gain → (reach, z, level, tp)
+    kept: dict = {}                 # the only render kept: the one the choice below would take so far
+
+    def better(g: float, than: float) -> bool:
+        """The choice's order: renders that reach the target before those that do not; among them
+        the least reach (least limiting), else the largest reach (the earlier render on ties)."""
+        a, b = seen[g][0], seen[than][0]
+        if (a >= target) != (b >= target):
+            return a >= target
+        return a < b if a >= target else a > b
 
     def measure(g: float) -> float:
         nonlocal renders
@@ -497,20 +526,24 @@ def _search_limited(x: np.ndarray, sr: float, target: float, ceiling_check: floa
         renders += 1
         level = gated_lufs(z)
         reach = level - tp + ceiling_check
-        seen[g] = (reach, y, z, level, tp)
+        seen[g] = (reach, z, level, tp)
+        if not kept or better(g, kept["g"]):   # one whole-length render alive between evaluations
+            kept.clear()
+            kept.update(g=g, y=y)
         return reach
 
     def stop(g: float, reach: float) -> bool:
-        return g - (seen[g][3] - l_in) > max_limiting_db
+        return g - (seen[g][2] - l_in) > max_limiting_db
 
     res = search_gain(measure, target + aim_lu, accept_lu, start_db, slope, max_evals, stop=stop)
-    fits = [g for g, v in seen.items() if v[0] >= target]
-    g = min(fits, key=lambda k: seen[k][0]) if fits else max(seen, key=lambda k: seen[k][0])
-    reach, y, z, level, tp = seen[g]
+    g, y = kept["g"], kept.pop("y")
+    reach, z, level, tp = seen[g]
+    fits = reach >= target
     trim = level - target if fits else tp - ceiling_check       # dB taken off after the limiter
     trim = max(trim, lim_ceiling)                               # the limiter's ceiling stays ≤ 0 dBFS
-    out = y * np.float32(10.0 ** (-trim / 20.0))
-    return _Limited(out, g - trim, gated_lufs(z, -trim), tp - trim, lim_ceiling - trim, bool(fits), res, renders)
+    y *= np.float32(10.0 ** (-trim / 20.0))                     # in place: the render is ours
+    out = y
+    return _Limited(out, g - trim, gated_lufs(z, -trim), tp - trim, lim_ceiling - trim, fits, res, renders)
 
 
 def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
