@@ -114,3 +114,20 @@ def test_automated_chain_with_a_static_eq_renders_as_the_effects_in_series():
                                                    for k, v in params.items() if not k.startswith(chain.labels[0] + ".")})
     y2 = render_chain(rest, first, tr_rest, block_size=hop)
     np.testing.assert_array_equal(y, y2)
+
+
+@pytest.mark.parametrize("batch", [1 << 14, 1 << 20])
+def test_convolution_in_batches_equals_direct_convolution_at_every_edge(monkeypatch, batch):
+    """Batches of frames cut from the input with their own zero padding (one frame per batch, or
+    all in one) give the causal convolution, cut to the input's length, at the start, at every
+    batch edge and at the end."""
+    import afxcli.dsp.irconv as irconv
+
+    monkeypatch.setattr(irconv, "CONVOLVE_BATCH_SAMPLES", batch)
+    rng = np.random.default_rng(3)
+    h = rng.standard_normal(3000) * np.exp(-np.arange(3000) / 400.0)
+    x = rng.standard_normal((2, 200_003)).astype(np.float32)
+    y = irconv.fft_convolve(x, h)
+    ref = np.stack([np.convolve(ch.astype(np.float64), h)[:x.shape[1]] for ch in x])
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.max(np.abs(y - ref)) < 1e-5 * float(np.max(np.abs(ref)))

@@ -50,10 +50,17 @@ def sections_impulse_response(sos: np.ndarray, start: int = IR_START_SAMPLES, ma
     return None
 
 
+#: Input samples per channel that one batch of :func:`fft_convolve` frames covers (its transient
+#: buffers: a few times this many float32 per channel, whatever the file's length).
+CONVOLVE_BATCH_SAMPLES = 1 << 20
+
+
 def fft_convolve(audio: np.ndarray, h: np.ndarray, workers: int = 1) -> np.ndarray:
     """``audio`` ``(channels, samples)`` convolved with ``h`` ``(taps,)``, causal and cut to the input's
     length (``y[n] = Σ_k h[k] x[n − k]``, zero initial state): overlap-save with float32 FFTs
-    (``scipy.fft``, ``workers`` threads) in frames of 4–8× the response's length. Returns
+    (``scipy.fft``, ``workers`` threads) in frames of 4–8× the response's length, taken in batches
+    of about :data:`CONVOLVE_BATCH_SAMPLES` (each batch's frames are cut from the input with its
+    own zero padding, so nothing of whole-file length is allocated but the output). Returns
     ``(channels, samples)`` float32."""
     from scipy import fft as sfft
 
@@ -66,13 +73,19 @@ def fft_convolve(audio: np.ndarray, h: np.ndarray, workers: int = 1) -> np.ndarr
     hop = nfft - m + 1
     hf = sfft.rfft(np.asarray(h, np.float32), nfft)
     n_frames = -(-n // hop)
-    xp = np.zeros((c, n_frames * hop + m - 1), np.float32)
-    xp[:, m - 1:m - 1 + n] = x
-    frames = np.lib.stride_tricks.sliding_window_view(xp, nfft, axis=1)[:, ::hop][:, :n_frames]
-    y = np.empty((c, n_frames * hop), np.float32)
-    per = max(1, (1 << 22) // nfft)          # frames per FFT call: ~16 MB of float32 per channel
+    y = np.empty((c, n), np.float32)
+    per = max(1, CONVOLVE_BATCH_SAMPLES // nfft)
     for s in range(0, n_frames, per):
-        spec = sfft.rfft(frames[:, s:s + per], axis=-1, workers=workers)
+        k = min(per, n_frames - s)
+        # frame f reads x[f·hop − (m − 1) … f·hop − (m − 1) + nfft) (zeros outside x)
+        lo, hi = s * hop - (m - 1), (s + k - 1) * hop - (m - 1) + nfft
+        seg = np.zeros((c, hi - lo), np.float32)
+        a, b = max(lo, 0), min(hi, n)
+        seg[:, a - lo:b - lo] = x[:, a:b]
+        frames = np.lib.stride_tricks.sliding_window_view(seg, nfft, axis=1)[:, ::hop][:, :k]
+        spec = sfft.rfft(frames, axis=-1, workers=workers)
         spec *= hf
-        y[:, s * hop:(s + per) * hop] = sfft.irfft(spec, nfft, axis=-1, workers=workers)[..., m - 1:].reshape(c, -1)
-    return y[:, :n]
+        out = sfft.irfft(spec, nfft, axis=-1, workers=workers)[..., m - 1:].reshape(c, -1)
+        e = min((s + k) * hop, n)
+        y[:, s * hop:e] = out[:, :e - s * hop]
+    return y
