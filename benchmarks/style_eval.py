@@ -23,9 +23,13 @@ error (LU); means over the pairs. Printed as ``style_<domain>_<method>_<metric>:
 band (level removed), which shows in which bands a method's EQ misses the target; its
 ``reference_spectrum`` rows are the reference's own shape error to the target (same style, the
 other half's content): what a method that matched the reference's long-term spectrum exactly would
-leave.
+leave. ``--oracle N`` adds an ``oracle`` row: the model's chain (after the same matched-EQ stage)
+with its free parameters fitted *to the target* by N Adam steps on the MR-STFT error, starting from
+the model's prediction (:func:`fit_chain_to_target`) — no real system sees the target; the row
+bounds what the chain itself can do, so the gap between it and ``model`` is what predicting from
+the reference leaves.
 
-    .venv/bin/python benchmarks/style_eval.py --n 50 --seed 0 [--model runs/style_music/best.pt]
+    .venv/bin/python benchmarks/style_eval.py --n 50 --seed 0 [--model runs/style_music/best.pt] [--oracle 150]
 """
 from __future__ import annotations
 
@@ -97,10 +101,58 @@ def band_shape_errors_db(output: np.ndarray, target: np.ndarray, sample_rate: fl
     return np.abs(d - d.mean())
 
 
+#: Adam learning rate (on the logits of the normalized parameters) of :func:`fit_chain_to_target`.
+ORACLE_LR = 0.05
+
+
+def fit_chain_to_target(predictor, values: list, x: np.ndarray, target: np.ndarray, sample_rate: float,
+                        steps: int, lr: float = ORACLE_LR) -> np.ndarray:
+    """The ``oracle`` row's output: ``predictor``'s chain (:attr:`~afxcli.tasks.style.StylePredictor.chain_spec`,
+    at ``sample_rate``) on ``x`` ``(channels, samples)`` after the matched-EQ stage of ``values``
+    (``predictor.predict``'s per-effect values; the stage's gains stay as predicted), its free
+    parameters fitted to ``target`` — Adam on ``logit(q)`` over the normalized parameters,
+    ``steps`` steps from the prediction (with the network's own output gain), minimizing the
+    MR-STFT error through the chain's torch twins (AD); the parameters with the lowest error seen
+    are kept and rendered with the chain's exact form. Returns ``(channels, samples)`` float32."""
+    import torch
+
+    from afxcli.effects.chain import Chain
+    from afxcli.losses import MultiResolutionSTFTLoss
+    from afxcli.train.style import style_to_q
+    from afxcli.train.tasks import StrategyRender
+
+    chain = Chain(predictor.chain_spec, sample_rate)
+    lead = 1 if predictor.match_eq else 0
+    xm = x
+    if lead:
+        from afxcli.tasks.eqmatch import apply_matched_geq
+
+        xm = apply_matched_geq(x, sample_rate, values[0], predictor.match_eq)
+    flat = Chain.flatten(chain.labels, values[lead:])
+    q0 = style_to_q(chain, {k: np.array([flat[k]]) for k in chain.free_keys}).clamp(1e-4, 1.0 - 1e-4)
+    logit = torch.logit(q0).clone().requires_grad_(True)
+    opt = torch.optim.Adam([logit], lr=lr)
+    render = StrategyRender(chain, "ad", {}, None, 0)
+    loss_fn = MultiResolutionSTFTLoss(time_weight=0.0)
+    xt = torch.from_numpy(np.ascontiguousarray(xm, dtype=np.float32))[None]
+    tt = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
+    best, best_q = math.inf, q0
+    for _ in range(int(steps)):
+        q = torch.sigmoid(logit)
+        loss = loss_fn(render.render(xt, q), tt)
+        if float(loss.detach()) < best:
+            best, best_q = float(loss.detach()), q.detach().clone()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return render.inference(xt, best_q)[0].numpy().astype(np.float32)
+
+
 def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int, n: int, seed: int,
                    clip_seconds: float, predictor=None, progress: bool = False,
                    groups: Sequence[str] | None = None, band_errors: bool = False,
-                   refine_steps: int = 0, level_weights: Sequence[float] = ()) -> dict[str, dict[str, float]]:
+                   refine_steps: int = 0, level_weights: Sequence[float] = (),
+                   oracle_steps: int = 0) -> dict[str, dict[str, float]]:
     """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs.
 
     ``files``: audio files of the split (None: generated music-like clips, for tests). Pair ``k`` is
@@ -114,6 +166,7 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     ``level_weights``: also ``model_level_w<w>`` for each ``w``: the model's chain with the output level
     blended ``w`` toward the network's own gain (:func:`~afxcli.tasks.style.match_output_loudness`;
     ``model`` uses the model's own ``level_own_gain_weight``), to choose that weight.
+    ``oracle_steps``: also ``oracle``, the model's chain fitted to the target (:func:`fit_chain_to_target`).
     """
     from afxcli.effects.chain import Chain
     from afxcli.render import render_chain
@@ -132,6 +185,8 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
         rows["model_own_gain"] = []
         if refine_steps:
             rows["model_refine"] = []
+        if oracle_steps:
+            rows["oracle"] = []
         for w in level_weights:
             rows[f"model_level_w{w:g}"] = []
     t0 = time.perf_counter()
@@ -159,6 +214,9 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
                                               lambda hz: recording_features(ref, sample_rate, hz), refine_steps)
                 _, y, _ = match_output_loudness(chain, x, res.values_after, ref_lufs, w_model)
                 rows["model_refine"].append(pair_metrics(y, target, sample_rate, band_errors))
+            if oracle_steps:
+                y = fit_chain_to_target(predictor, values, x, target, sample_rate, oracle_steps)
+                rows["oracle"].append(pair_metrics(y, target, sample_rate, band_errors))
         if progress:
             print(f"  pair {k + 1}/{n} ({item['name']}): input mrstft {rows['input'][-1]['mrstft']:.3f}, "
                   f"rule-based {rows['rule-based'][-1]['mrstft']:.3f}"
@@ -204,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--level-weights", default="",
                    help="comma-separated weights w: also model_level_w<w> rows, the output level blended w toward "
                         "the network's own gain (to choose a model's level_own_gain_weight)")
+    p.add_argument("--oracle", type=int, default=0,
+                   help="also oracle: the model's chain fitted to the target by this many steps (what the "
+                        "chain itself can reach; no real system sees the target)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -226,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         t0 = time.perf_counter()
         result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
                                 progress=not args.quiet, groups=datasets.groups(corpus, "val"),
-                                band_errors=args.band_errors, refine_steps=args.refine,
+                                band_errors=args.band_errors, refine_steps=args.refine, oracle_steps=args.oracle,
                                 level_weights=[float(w) for w in args.level_weights.split(",") if w.strip()])
         print(f"{domain}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         out += figure_lines(domain, result)

@@ -184,3 +184,16 @@ def test_style_pairs_band_errors_add_the_reference_spectrum_floor(style_eval):
     assert "style_speech_reference_spectrum_band_error_1000hz:" in text
     assert "style_speech_reference_spectrum_mrstft" not in text
     assert "style_speech_rule_based_band_error_1000hz:" in text
+
+
+def test_style_pairs_oracle_fits_the_chain_to_the_target(style_eval, tiny_conv_style_model):
+    """``--oracle N``: the model's chain fitted to the target from the prediction (with its own
+    gain) keeps the lowest error it saw, so it is never worse than that starting point (up to the
+    twins' float differences) and, with the target in hand, better."""
+    from afxcli.tasks.style import StylePredictor
+
+    pred = StylePredictor.load(tiny_conv_style_model)
+    res = style_eval.evaluate_pairs(None, 16000, 1, n=2, seed=4, clip_seconds=1.0, predictor=pred, oracle_steps=25)
+    assert "oracle" in res and all(math.isfinite(v) for v in res["oracle"].values())
+    assert res["oracle"]["mrstft"] < res["model_own_gain"]["mrstft"] - 1e-3
+    assert "style_speech_oracle_mrstft_reduction" in "\n".join(style_eval.figure_lines("speech", res))
