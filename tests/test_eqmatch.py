@@ -125,6 +125,19 @@ def test_style_pairs_with_match_eq_change_only_the_input():
     assert torch.equal(matched["unmatched_input"], plain["input"])
 
 
+def test_style_pairs_match_with_the_configured_smoothness():
+    """``match_eq_smoothness`` reaches the stage's fit: 0 gives the plain least-squares stage (what
+    the models before 2026-12-03's sixth session were trained on), None the module default."""
+    from afxcli.tasks.eqmatch import SMOOTHNESS
+    from afxcli.train.style import STYLE_CHAIN, StylePairDataset
+
+    kw = dict(files=None, chain_spec=STYLE_CHAIN, sample_rate=16000, clip_samples=32000, items_per_epoch=2, seed=3,
+              match_eq="third")
+    items = {mu: StylePairDataset(match_eq_smoothness=mu, **kw)[0]["input"] for mu in (None, SMOOTHNESS, 0.0)}
+    assert torch.equal(items[None], items[SMOOTHNESS])
+    assert not torch.allclose(items[None], items[0.0])
+
+
 @pytest.fixture(scope="module")
 def match_model(tiny_conv_style_model, tmp_path_factory):
     """The tiny conv style model, saved as a matched-EQ model (config data.match_eq = third)."""
@@ -142,7 +155,7 @@ def test_predictor_with_match_eq_predicts_the_stage_then_the_chain(match_model):
     from afxcli.tasks.style import StylePredictor
 
     pred = StylePredictor.load(match_model)
-    assert pred.match_eq == "third"
+    assert pred.match_eq == "third" and pred.match_eq_smoothness is None
     spec = pred.render_spec
     assert spec["effects"][0]["type"] == "geq" and spec["effects"][1:] == pred.chain_spec["effects"]
     rng = np.random.default_rng(0)
@@ -271,3 +284,25 @@ def test_a_preset_without_a_spectrum_is_a_one_line_error_for_a_match_eq_model(ma
         err = capsys.readouterr().err
         assert rc == 2 and "stored spectrum" in err and err.count("afx: error:") == 1, err
         assert not out.exists()
+
+
+def test_predictor_designs_its_stage_with_the_smoothness_it_was_trained_with(match_model, tmp_path):
+    """A model whose config pins ``data.match_eq_smoothness`` gets its stage fitted with that
+    penalty (here 0: the plain fit), the same gains as :func:`design_matched_geq` gives with it."""
+    from afxcli.tasks.style import StylePredictor, save_style_checkpoint
+    from afxcli.train.data import music_like
+
+    p = StylePredictor.load(match_model, backend="torch")
+    path = tmp_path / "plain.pt"
+    save_style_checkpoint(path, p.model, p.chain_spec, {**p.config, "data": {**p.config["data"], "match_eq_smoothness": 0}})
+    plain = StylePredictor.load(path)
+    assert plain.match_eq_smoothness == 0.0
+    rng = np.random.default_rng(4)
+    sr = 44100
+    x = (rng.standard_normal((1, 2 * sr)) * 0.05).astype(np.float32)
+    ref = music_like(np.random.default_rng(9), sr, 2 * sr)
+    spectra = plain.reference_spectra(ref, sr)
+    got = plain.match_stage(x, sr, spectra)[1]
+    want = design_matched_geq(x, sr, None, sr, "third", ref_spectrum=spectra[1][0], smoothness=0.0)
+    assert got == want
+    assert p.match_stage(x, sr, spectra)[1] != want

@@ -287,3 +287,15 @@ def test_train_style_script_prints_figures(tmp_path, capsys):
                 "style_seconds_per_step"):
         assert math.isfinite(float(lines[key].split()[0])), key
     assert lines["style_step"] == "2 steps"
+
+
+def test_style_config_match_eq_smoothness_is_checked_and_reaches_the_data():
+    base = _tiny_config()
+    keep = {k: base[k] for k in ("seed", "steps", "batch_size", "lr", "task_options")}
+    cfg = validate_config({**keep, "task": "style", "data": {**base["data"], "match_eq": "third",
+                                                             "match_eq_smoothness": 0.0}})
+    assert cfg["data"]["match_eq_smoothness"] == 0.0
+    assert StyleTask(cfg).dataset("val").match_eq_smoothness == 0.0
+    assert validate_config({**keep, "task": "style", "data": base["data"]})["data"]["match_eq_smoothness"] is None
+    with pytest.raises(AfxError, match="match_eq_smoothness"):
+        validate_config({**keep, "task": "style", "data": {**base["data"], "match_eq_smoothness": -1.0}})

@@ -81,17 +81,18 @@ def fit_graphic_eq(freqs_hz: np.ndarray, response_db: np.ndarray, sample_rate: f
 
 def design_matched_geq(audio: np.ndarray, sample_rate: float, ref_audio: np.ndarray | None, ref_rate: float,
                        bands: str = "third", max_gain_db: float = 12.0, f_low_hz: float = 30.0,
-                       ref_spectrum: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
+                       ref_spectrum: tuple[np.ndarray, np.ndarray] | None = None,
+                       smoothness: float | None = None) -> dict[str, float]:
     """Graphic-EQ band gains moving the smoothed average spectrum of ``audio`` toward ``ref_audio``'s
     (both ``(channels, samples)``, each at its own rate; or toward a stored ``ref_spectrum``,
     :func:`~afxcli.tasks.rulebased.smoothed_spectrum` at ``ref_rate``), for a :func:`match_eq_spec`
-    stage at ``sample_rate``."""
+    stage at ``sample_rate``; ``smoothness``: :func:`fit_graphic_eq`'s (None: :data:`SMOOTHNESS`)."""
     from .rulebased import matched_response_db
 
     f, d, f_known = matched_response_db(audio, sample_rate, ref_audio, ref_rate, f_low_hz=f_low_hz,
                                         f_max_hz=LEVEL_TOP_HZ, ref_spectrum=ref_spectrum)
     # fitted up to where the response is known (the FIR design follows it there too)
-    return fit_graphic_eq(f, d, sample_rate, f_low_hz, f_known, bands, max_gain_db)
+    return fit_graphic_eq(f, d, sample_rate, f_low_hz, f_known, bands, max_gain_db, smoothness=smoothness)
 
 
 def apply_matched_geq(audio: np.ndarray, sample_rate: float, values: dict[str, float],

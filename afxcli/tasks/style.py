@@ -183,6 +183,13 @@ class StylePredictor:
         return (self.config.get("data") or {}).get("match_eq")
 
     @property
+    def match_eq_smoothness(self) -> float | None:
+        """The matched-EQ fit's neighbouring-gain penalty the model was trained with (its config's
+        ``data.match_eq_smoothness``; None: :data:`afxcli.tasks.eqmatch.SMOOTHNESS`)."""
+        v = (self.config.get("data") or {}).get("match_eq_smoothness")
+        return None if v is None else float(v)
+
+    @property
     def render_spec(self) -> dict:
         """The chain :meth:`predict`'s values are for, rendered at the file's rate: the matched EQ
         stage (if the model has one) followed by the model's chain."""
@@ -352,8 +359,10 @@ class StylePredictor:
                            "reference recording or a preset with a stored spectrum")
         (spec_m, rate_m), (spec_f, rate_f) = ref_spectra
         x = input_analysis if input_analysis is not None else self.analysis_copy(input_audio, input_sr)
-        return (design_matched_geq(x, self.sample_rate, None, rate_m, self.match_eq, ref_spectrum=spec_m),
-                design_matched_geq(input_audio, input_sr, None, rate_f, self.match_eq, ref_spectrum=spec_f))
+        mu = self.match_eq_smoothness
+        return (design_matched_geq(x, self.sample_rate, None, rate_m, self.match_eq, ref_spectrum=spec_m, smoothness=mu),
+                design_matched_geq(input_audio, input_sr, None, rate_f, self.match_eq, ref_spectrum=spec_f,
+                                   smoothness=mu))
 
     def matched(self, x: np.ndarray, match_values: dict | None) -> np.ndarray:
         """An :meth:`analysis_copy` after the matched EQ stage with ``match_values`` (the gains at

@@ -297,7 +297,8 @@ class StylePairDataset(ClipDataset):
     ``match_eq``: ``"third"``/``"octave"`` — the ``input`` is returned *after* the matched graphic
     EQ (:mod:`afxcli.tasks.eqmatch`) designed from the input and reference halves, the DSP first
     stage of a ``match_eq`` style model (the target is unchanged), and the input before it as
-    ``unmatched_input``.
+    ``unmatched_input``; ``match_eq_smoothness``: its fit's neighbouring-gain penalty (None: the
+    module default, :data:`afxcli.tasks.eqmatch.SMOOTHNESS`).
     ``speed_range``: ``(low, high)`` — the crop is read ``f`` times longer (``f`` log-uniform in the
     range) and resampled back to ``clip_samples``, which plays it ``f`` times faster: pitch *and*
     formants move by ``f`` (DeepAFx-ST §2.1's pitch/time augmentation in one step, as a change of
@@ -310,7 +311,7 @@ class StylePairDataset(ClipDataset):
                  peak_db: float | None = -12.0, bypass_probability: float = 0.1,
                  min_energy: float = DEFAULT_MIN_ENERGY, max_tries: int = 10, store=None,
                  groups: Sequence[str] | None = None, match_eq: str | None = None,
-                 speed_range: Sequence[float] | None = None) -> None:
+                 speed_range: Sequence[float] | None = None, match_eq_smoothness: float | None = None) -> None:
         from ..effects.chain import Chain
 
         super().__init__(items_per_epoch, seed)
@@ -325,6 +326,7 @@ class StylePairDataset(ClipDataset):
         self.peak_db, self.bypass_probability = peak_db, float(bypass_probability)
         self.min_energy, self.max_tries = float(min_energy), int(max_tries)
         self.match_eq = match_eq
+        self.match_eq_smoothness = match_eq_smoothness
         problem = check_speed_range(None if speed_range is None else list(speed_range))
         if problem:
             raise AfxError(f"style data: speed_range {problem}, got {speed_range}")
@@ -403,7 +405,8 @@ class StylePairDataset(ClipDataset):
             from ..tasks.eqmatch import apply_matched_geq, design_matched_geq
 
             xi, xr = item["input"].numpy(), item["reference"].numpy()
-            gains = design_matched_geq(xi, self.sample_rate, xr, self.sample_rate, self.match_eq)
+            gains = design_matched_geq(xi, self.sample_rate, xr, self.sample_rate, self.match_eq,
+                                       smoothness=self.match_eq_smoothness)
             item["unmatched_input"] = item["input"]
             item["input"] = torch.from_numpy(apply_matched_geq(xi, self.sample_rate, gains, self.match_eq))
         item.update({"q_input": q[0], "q_reference": q[1], "name": name})
@@ -456,7 +459,8 @@ def style_dataset(config: dict, chain_spec: dict, split: str) -> StylePairDatase
         store = PCMStore.open_or_build(files, d["sample_rate"], d["channels"])
     return StylePairDataset(files, chain_spec, d["sample_rate"], d["clip_samples"], d["channels"], items, seed,
                             d["peak_db"], d["bypass_probability"], d["min_energy"], store=store, groups=groups,
-                            match_eq=d["match_eq"], speed_range=d["speed_range"] if split == "train" else None)
+                            match_eq=d["match_eq"], speed_range=d["speed_range"] if split == "train" else None,
+                            match_eq_smoothness=d["match_eq_smoothness"])
 
 
 def style_val_batches(config: dict, chain_spec: dict) -> list[dict]:
@@ -506,6 +510,10 @@ class StyleTask(ChainTask):
         "match_eq": Field(None, OPT_STR, optional(one_of("third", "octave")),
                           "DSP first stage: the input is matched to the reference by a graphic EQ "
                           "(afxcli.tasks.eqmatch) before the model sees and processes it"),
+        "match_eq_smoothness": Field(None, OPT_FLOAT, optional(non_negative),
+                                     "the matched EQ fit's penalty on neighbouring band-gain differences "
+                                     "(afxcli.tasks.eqmatch.fit_graphic_eq); null: its SMOOTHNESS (3), 0: none "
+                                     "(the stage as models were trained with it before 2026-12-03, sixth session)"),
         "speed_range": Field(None, (list, type(None)), check_speed_range,
                              "training crops only: tape-speed augmentation, factor log-uniform in [low, high] "
                              "(pitch and formants move; StylePairDataset)"),
