@@ -181,3 +181,33 @@ def test_k_weighted_block_energies_equal_each_block_summed_directly(monkeypatch,
     assert z.shape == want.shape and len(z) == round((2.3 - 0.4) / 0.1) + 1
     np.testing.assert_allclose(z, want, rtol=1e-9)
     assert loud.block_energies(x[:, :int(0.4 * SR)], SR) is None   # shorter than one block
+
+
+def test_search_gain_ends_on_a_flat_stretch_above_the_target():
+    """A limiter that is not engaged leaves the reach the same at every gain: above the target a
+    lower gain cannot bring it down, so the search ends (``flat``) instead of stepping down for
+    ever (it once walked to −48 dB and gave a −48 LUFS master)."""
+    flat_then_rising = lambda g: -15.08 + max(0.0, g - 6.0) * 0.3   # noqa: E731
+    r = search_gain(flat_then_rising, -15.5, 0.02, 2.86, max_evals=8)
+    assert r.flat and not r.reached and len(r.points) == 2 and min(g for g, _ in r.points) > 2.0
+
+
+def test_excerpts_without_the_files_peak_do_not_steer_the_whole_file(monkeypatch):
+    """A long file whose loudest peak lies outside every excerpt: the excerpts reach the target by
+    plain gain, so they say nothing about the limiter; the whole file (which needs it) still lands
+    on the target under the ceiling, in few renders. (Before, the excerpts' search walked its gain
+    down without end on the flat reach and the master came out near -58 LUFS.)"""
+    import afxcli.tasks.loudness as loud
+
+    sr = 8000
+    monkeypatch.setattr(loud, "PROXY_MIN_SECONDS", 10.0)
+    monkeypatch.setattr(loud, "PROXY_CHUNK_SECONDS", 0.5)
+    monkeypatch.setattr(loud, "PROXY_CHUNKS", 4)          # excerpts at 0, 6.5, 13, 19.5 s of 20 s
+    x = loud_music(20.0, 6, sr)                           # peaks at -12 dBFS
+    x[:, 3 * sr:3 * sr + 40] = 0.9 * np.sign(x[:, 3 * sr:3 * sr + 40] + 1e-9)   # a burst at 3 s only
+    for gain_db in (8.0, 10.0):   # the music's own peaks stay under the ceiling, the burst's do not
+        target = lufs(x, sr) + gain_db
+        r = match_loudness(x, sr, target, -1.0)
+        assert r.reached, r.notes
+        assert abs(lufs(r.audio, sr) - target) <= 0.01 and true_peak_dbtp(r.audio, sr) <= -1.0
+        assert r.rounds <= 3

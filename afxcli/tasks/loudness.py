@@ -15,7 +15,9 @@ is lowered by the overshoot and the search goes on. The output's true peak never
 ceiling: if the limiter cannot hold it, a plain gain reduction takes the peak under the ceiling
 (the loudness then misses; the result says so). Files over a minute first run the same search
 on eight 4 s excerpts and start the whole-file search from its gain, slope and limiter ceiling
-(usually one whole-file render: ``benchmarks/loudness_rounds.py``). Each render is measured while
+(usually one whole-file render: ``benchmarks/loudness_rounds.py``) — unless the excerpts reach
+the target by plain gain under the ceiling (the file's loudest peaks lie between them): they then
+say nothing about the limiter, and the whole file searches from the plain gain alone. Each render is measured while
 it runs (:func:`_limit_and_measure`: a render thread streams the limiter, this one K-weights and
 takes the true peak of each part as it arrives).
 
@@ -576,12 +578,17 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
         excerpts = np.concatenate([x[:, s:s + w] for s in starts], axis=1)
         l_proxy = lufs(excerpts, sample_rate)
 
-    def proxy_search() -> "_Limited":
+    def proxy_search() -> "_Limited | None":
+        # excerpts that reach the target by plain gain under the ceiling (the file's peaks lie
+        # elsewhere) say nothing about the limiter: no proxy then (the whole file searches alone)
+        if l_proxy - true_peak_dbtp(excerpts, sample_rate) + ceiling_check >= target_lufs:
+            return None
         return _search_limited(excerpts, sample_rate, target_lufs, ceiling_check, lim_ceiling,
                                target_lufs - l_proxy, 1.0, PROXY_MAX_EVALS, release_ms, lookahead_ms,
                                max_limiting_db, l_proxy, aim_lu=SEARCH_AIM_LU, accept_lu=PROXY_ACCEPT_LU)
 
     z_in = None
+    proxy_done = False
     if input_lufs is None:
         if (long_file and math.isfinite(l_proxy)
                 and sample_peak_db + (target_lufs - l_proxy) > ceiling_check + PROXY_SPECULATE_DB):
@@ -592,7 +599,7 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
 
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="afx-loudness") as side:
                 energies = side.submit(block_energies, x, sample_rate)
-                proxy = proxy_search()
+                proxy, proxy_done = proxy_search(), True
                 z_in = energies.result()
         else:
             z_in = block_energies(x, sample_rate)
@@ -618,8 +625,9 @@ def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
     if long_file and math.isfinite(l_proxy):
         # Long file: the same search on evenly spread excerpts first (a fraction of the work per
         # evaluation) gives the whole-file search its start and slope
-        if proxy is None:
-            proxy = proxy_search()
+        if not proxy_done:
+            proxy, proxy_done = proxy_search(), True
+    if proxy is not None and not proxy.search.flat:
         # its gain into the limiter: where its search landed (the point nearest the aim) when it
         # reached, else the render it kept
         untrimmed = (proxy.search.best[0] if proxy.search.reached else

@@ -14,7 +14,10 @@ a loudness measurement, so :func:`search_gain` spends as few as it can:
 - a point that is lower than one at a smaller gain while both are under the target means the
   maximum was passed: one parabolic step toward the maximum, and if that is still under the
   target, the target is unreachable at this ceiling (the loudest point is returned);
-- ``stop(g, L)`` (e.g. "more than 8 dB of limiting") ends a search that still has to go up.
+- ``stop(g, L)`` (e.g. "more than 8 dB of limiting") ends a search that still has to go up;
+- two points above the target with the same value at different gains mean the function is flat
+  there (a limiter that is not engaged: lower gains cannot bring it down), so the search ends
+  (``flat``) instead of stepping down without end.
 
 The result's ``best`` is the evaluated point nearest the target.
 """
@@ -28,14 +31,16 @@ from typing import Callable
 class GainSearch:
     """``points``: every ``(gain dB, loudness LUFS)`` evaluated, in order; ``best``: the one
     nearest the target; ``reached``: within the tolerance; ``saturated``: the maximum of ``L``
-    was passed under the target; ``stopped``: ``stop`` ended the search; ``slope``: the last
-    secant slope (dLU/dB) near ``best``."""
+    was passed under the target; ``stopped``: ``stop`` ended the search; ``flat``: the values
+    above the target did not move with the gain (module docstring); ``slope``: the last secant
+    slope (dLU/dB) near ``best``."""
 
     points: list[tuple[float, float]] = field(default_factory=list)
     best: tuple[float, float] | None = None
     reached: bool = False
     saturated: bool = False
     stopped: bool = False
+    flat: bool = False
     slope: float = 1.0
 
 
@@ -53,7 +58,7 @@ def _parabola_vertex(p: list[tuple[float, float]]) -> float | None:
 def search_gain(measure: Callable[[float], float], target: float, tolerance: float, start_db: float,
                 slope: float = 1.0, max_evals: int = 6, max_step_db: float = 6.0,
                 stop: Callable[[float, float], bool] | None = None,
-                min_slope: float = 0.05) -> GainSearch:
+                min_slope: float = 0.05, flat_tolerance: float = 1e-4) -> GainSearch:
     """Find ``g`` with ``|measure(g) − target| ≤ tolerance`` in at most ``max_evals`` calls,
     starting at ``start_db`` with the slope guess ``slope`` (module docstring)."""
     res = GainSearch(slope=float(min(max(slope, min_slope), 1.0)))
@@ -81,6 +86,10 @@ def search_gain(measure: Callable[[float], float], target: float, tolerance: flo
             g = min(max(g_next, lo[0] + 0.05 * w), hi[0] - 0.05 * w)
             continue
         if above:  # only points above the target (or above ones at lower gains): step down
+            if len(above) >= 2 and abs(above[0][1] - above[-1][1]) <= flat_tolerance \
+                    and above[-1][0] - above[0][0] >= 0.05:
+                res.flat = True   # flat above the target: no lower gain gets there
+                break
             g = res.points[-1][0] - min((res.points[-1][1] - target) / res.slope, 2.0 * max_step_db)
             continue
         # every point is under the target
