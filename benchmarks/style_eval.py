@@ -118,8 +118,6 @@ def fit_chain_to_target(predictor, values: list, x: np.ndarray, target: np.ndarr
 
     from afxcli.effects.chain import Chain
     from afxcli.losses import MultiResolutionSTFTLoss
-    from afxcli.train.style import style_to_q
-    from afxcli.train.tasks import StrategyRender
 
     chain = Chain(predictor.chain_spec, sample_rate)
     lead = 1 if predictor.match_eq else 0
@@ -128,24 +126,23 @@ def fit_chain_to_target(predictor, values: list, x: np.ndarray, target: np.ndarr
         from afxcli.tasks.eqmatch import apply_matched_geq
 
         xm = apply_matched_geq(x, sample_rate, values[0], predictor.match_eq)
-    flat = Chain.flatten(chain.labels, values[lead:])
-    q0 = style_to_q(chain, {k: np.array([flat[k]]) for k in chain.free_keys}).clamp(1e-4, 1.0 - 1e-4)
+    q0 = chain.normalize_values(values[lead:]).clamp(1e-4, 1.0 - 1e-4)
     logit = torch.logit(q0).clone().requires_grad_(True)
     opt = torch.optim.Adam([logit], lr=lr)
-    render = StrategyRender(chain, "ad", {}, None, 0)
     loss_fn = MultiResolutionSTFTLoss(time_weight=0.0)
     xt = torch.from_numpy(np.ascontiguousarray(xm, dtype=np.float32))[None]
     tt = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
     best, best_q = math.inf, q0
     for _ in range(int(steps)):
         q = torch.sigmoid(logit)
-        loss = loss_fn(render.render(xt, q), tt)
+        loss = loss_fn(chain(xt, q, mode="train"), tt)
         if float(loss.detach()) < best:
             best, best_q = float(loss.detach()), q.detach().clone()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return render.inference(xt, best_q)[0].numpy().astype(np.float32)
+    with torch.no_grad():
+        return chain(xt, best_q, mode="exact")[0].numpy().astype(np.float32)
 
 
 def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int, n: int, seed: int,

@@ -17,9 +17,9 @@ ceiling: if the limiter cannot hold it, a plain gain reduction takes the peak un
 on eight 4 s excerpts and start the whole-file search from its gain, slope and limiter ceiling
 (usually one whole-file render: ``benchmarks/loudness_rounds.py``) — unless the excerpts reach
 the target by plain gain under the ceiling (the file's loudest peaks lie between them): they then
-say nothing about the limiter, and the whole file searches from the plain gain alone. Each render is measured while
-it runs (:func:`_limit_and_measure`: a render thread streams the limiter, this one K-weights and
-takes the true peak of each part as it arrives).
+say nothing about the limiter, and the whole file searches from the plain gain alone. Each render
+is measured while it runs (:func:`_limit_and_measure`: a render thread streams the limiter, this
+one K-weights and takes the true peak of each part as it arrives).
 
 Presets (``presets/loudness/*.json``, ``"format": "afx-loudness-preset"``) name targets such as
 ``streaming`` (−14 LUFS, −1 dBTP) or ``broadcast`` (EBU R128: −23 LUFS, −1 dBTP).
@@ -211,12 +211,10 @@ class KWeightedEnergy:
             return None
         if self.done < self.n:
             raise AfxError("internal: loudness blocks before every sample was filtered")
-        cuts, lo, hi, n = self.cuts, self.lo, self.hi, self.n
-        cs = np.concatenate([[0.0], np.cumsum(self.seg)])
-        pos = {int(c): k for k, c in enumerate(cuts)}
-        pos[n] = len(cuts)
-        t_g, sr = GATE_BLOCK_SECONDS, self.sr
-        return (cs[[pos[int(h)] for h in hi]] - cs[[pos[int(l_)] for l_ in lo]]) / (t_g * sr)   # Σ_i G_i z_ij
+        cs = np.concatenate([[0.0], np.cumsum(self.seg)])          # cs[k]: Σ up to bound k (cuts, then n)
+        bounds = np.append(self.cuts, self.n)
+        at = lambda v: np.searchsorted(bounds, v)                   # noqa: E731 - every lo/hi is a bound
+        return (cs[at(self.hi)] - cs[at(self.lo)]) / (GATE_BLOCK_SECONDS * self.sr)   # Σ_i G_i z_ij
 
 
 def fast_true_peak_dbtp(audio: np.ndarray, sample_rate: float, valid: tuple[int, int] | None = None) -> float:
@@ -548,8 +546,7 @@ def _search_limited(x: np.ndarray, sr: float, target: float, ceiling_check: floa
     trim = level - target if fits else tp - ceiling_check       # dB taken off after the limiter
     trim = max(trim, lim_ceiling)                               # the limiter's ceiling stays ≤ 0 dBFS
     y *= np.float32(10.0 ** (-trim / 20.0))                     # in place: the render is ours
-    out = y
-    return _Limited(out, g - trim, gated_lufs(z, -trim), tp - trim, lim_ceiling - trim, fits, res, renders)
+    return _Limited(y, g - trim, gated_lufs(z, -trim), tp - trim, lim_ceiling - trim, fits, res, renders)
 
 
 def match_loudness(audio: np.ndarray, sample_rate: float, target_lufs: float,
