@@ -22,6 +22,9 @@ voice is on both sides (DeepAFx-ST §3.1 splits by recording). :func:`assign_spl
 groups in the order of a SHA-1 hash of their name and moves a group to validation while the
 validation audio stays within ``val_fraction`` of the total duration; a group that would overflow
 that budget stays in training. Deterministic: the same files give the same split on any machine.
+An item marked ``"train_only": true`` (a source added to a corpus after its first build) puts its
+group in training and out of the budget, so adding training audio never changes the validation set
+— nor any figure measured on it.
 """
 from __future__ import annotations
 
@@ -87,16 +90,20 @@ def assign_splits(items: list[dict], val_fraction: float = DEFAULT_VAL_FRACTION)
     duration plus the group's duration stays ``<= val_fraction * total``. So every group is
     entirely on one side, the validation share is at most ``val_fraction`` (close to it when
     groups are many and small) and the result depends only on the groups and their durations.
+    A group with any item marked ``"train_only": true`` is training and counts neither toward the
+    total nor the validation audio: adding such items leaves every other item's split unchanged.
     """
     if not 0 <= val_fraction < 1:
         raise AfxError(f"val_fraction must be in [0, 1), got {val_fraction}")
     durations: dict[str, float] = {}
+    train_only = {str(item.get("group")) for item in items if item.get("train_only")}
     for item in items:
         try:
             group, dur = str(item["group"]), float(item["duration_s"])
         except (KeyError, TypeError, ValueError) as e:
             raise AfxError(f"manifest item without a valid group/duration_s: {item!r}") from e
-        durations[group] = durations.get(group, 0.0) + max(dur, 0.0)
+        if group not in train_only:
+            durations[group] = durations.get(group, 0.0) + max(dur, 0.0)
     budget_s = val_fraction * sum(durations.values())
     val_groups: set[str] = set()
     val_s = 0.0

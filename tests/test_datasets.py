@@ -100,6 +100,24 @@ def test_split_keeps_big_speaker_in_training():
         datasets.assign_splits([{"file": "a"}], 0.1)
 
 
+def test_train_only_sources_leave_the_validation_set_unchanged():
+    items = _items({f"g{g}": [float(g % 5 + 1)] * 2 for g in range(60)})
+    datasets.assign_splits(items, 0.1)
+    before = {it["file"]: it["split"] for it in items}
+    # a large added source with many small groups: all training, nothing else moves
+    extra = _items({f"added{g}": [1.0] for g in range(100)})
+    for it in extra:
+        it["train_only"] = True
+    both = [dict(it) for it in items] + extra
+    datasets.assign_splits(both, 0.1)
+    assert {it["file"]: it["split"] for it in both if it["file"] in before} == before
+    assert all(it["split"] == "train" for it in both if it.get("train_only"))
+    # unmarked, the same added groups would take part of the validation set
+    plain = [dict(it) for it in items] + [{k: v for k, v in it.items() if k != "train_only"} for it in extra]
+    datasets.assign_splits(plain, 0.1)
+    assert any(it["split"] == "val" for it in plain if it["group"].startswith("added"))
+
+
 def test_manifest_roundtrip_and_files(cache):
     _fake_corpus(cache)
     items = datasets.load_manifest("speech")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the ``speech`` corpus: real recorded speech (~3 h, mono), split by speaker.
+"""Build the ``speech`` corpus: real recorded speech (~5.2 h, mono), split by speaker.
 
 Sources (DESIGN.md §5), unpacked with ``apt-get download`` + ``dpkg-deb -x`` (nothing installed):
 - ``asterisk-core-sounds-{en,es,fr}-g722``: telephony prompts read by professional voices
@@ -8,6 +8,12 @@ Sources (DESIGN.md §5), unpacked with ``apt-get download`` + ``dpkg-deb -x`` (n
 - ``fillets-ng-data-cs``: acted Czech dialogue of the game Fish Fillets NG, Ogg Vorbis 22.05 kHz,
   copied as is (no re-encoding). Lines longer than ``MAX_FILLETS_S`` (10 s: the sung lines) are
   dropped.
+
+Added training sources (second build, 2026-12-04), marked ``"train_only"`` so that the validation
+set stays exactly that of the first build (:func:`afxcli.datasets.assign_splits`): four more voices
+— ``asterisk-core-sounds-{it,ru}-g722`` (``it_IT_m_Carlo``, a male voice; ``ru_RU_f_IvrvoiceRU``)
+and ``fillets-ng-data-nl``, the Dutch dub of the same game (other actors; groups
+``fillets-nl/...`` so they never merge with the Czech ones).
 
 Speaker identity (``group``, the split unit): asterisk — the voice's name from its folder
 (``Allison`` reads both English and Spanish, so both are one speaker); fillets — file names are
@@ -28,19 +34,23 @@ from common import (audio_info, datasets, ensure_apt, load_items, log, package_l
 NAME = "speech"
 MAX_FILLETS_S = 10.0
 MIN_DURATION_S = 0.3
-ASTERISK = ["asterisk-core-sounds-en-g722", "asterisk-core-sounds-es-g722",
-            "asterisk-core-sounds-fr-g722"]
-FILLETS = "fillets-ng-data-cs"
+#: Asterisk voice packages -> whether they are an added (training-only) source.
+ASTERISK = {"asterisk-core-sounds-en-g722": False, "asterisk-core-sounds-es-g722": False,
+            "asterisk-core-sounds-fr-g722": False,
+            "asterisk-core-sounds-it-g722": True, "asterisk-core-sounds-ru-g722": True}
+#: Fish Fillets dialogue packages -> (language folder, group prefix, training-only).
+FILLETS = {"fillets-ng-data-cs": ("cs", "fillets", False), "fillets-ng-data-nl": ("nl", "fillets-nl", True)}
 FILLETS_LEADS = {"m": "small_fish", "v": "big_fish"}
 
 
-def fillets_speaker(level: str, stem: str) -> str:
-    """Speaker group of a Fish Fillets line from its level folder and file stem."""
+def fillets_speaker(level: str, stem: str, prefix: str = "fillets") -> str:
+    """Speaker group of a Fish Fillets line from its level folder and file stem (``prefix``: one
+    per dub, since each language has its own actors)."""
     parts = stem.split("-")
     code = parts[1] if len(parts) >= 3 else parts[0]
     if code in FILLETS_LEADS:
-        return f"fillets/{FILLETS_LEADS[code]}"
-    return f"fillets/{level}/{code}"
+        return f"{prefix}/{FILLETS_LEADS[code]}"
+    return f"{prefix}/{level}/{code}"
 
 
 def decode_g722(src: Path, dst: Path) -> None:
@@ -61,12 +71,12 @@ def main() -> None:
         ensure_apt(["ffmpeg"])
     with temp_dir("speech_") as tmp:
         tmp = Path(tmp)
-        for package in ASTERISK:
+        for package, train_only in ASTERISK.items():
             root, version = unpack_deb(package, tmp)
             lic = package_license(root, package, out)
             base = root / "usr/share/asterisk/sounds"
-            srcs = sorted(p for p in base.glob("*/**/*.g722")
-                          if "silence" not in p.relative_to(base).parts)[: args.limit]
+            srcs = sorted(p for p in base.glob("*/**/*.g722")   # (ru ships an empty is.g722)
+                          if "silence" not in p.relative_to(base).parts and p.stat().st_size > 0)[: args.limit]
             log(f"{package} {version}: {len(srcs)} prompts ({lic})")
             for src in srcs:
                 rel_src = src.relative_to(base)
@@ -83,32 +93,34 @@ def main() -> None:
                               "voice": voice, "language": voice.split("_")[0],
                               "source": {"package": package, "version": version,
                                          "path": f"/usr/share/asterisk/sounds/{rel_src.as_posix()}"},
-                              "license": lic}
+                              "license": lic, **({"train_only": True} if train_only else {})}
             shutil.rmtree(root)
-        root, version = unpack_deb(FILLETS, tmp)
-        lic = package_license(root, FILLETS, out)
-        base = root / "usr/share/games/fillets-ng/sound"
-        srcs = sorted(base.glob("*/cs/*.ogg"))[: args.limit]
-        log(f"{FILLETS} {version}: {len(srcs)} lines ({lic})")
-        dropped = 0
-        for src in srcs:
-            level = src.parent.parent.name
-            rel = f"fillets/{level}/{src.name}"
-            dur, sr, ch = audio_info(src)
-            if dur > MAX_FILLETS_S or dur < MIN_DURATION_S:
-                dropped += 1
-                items.pop(rel, None)
-                continue
-            if not ((out / rel).is_file() and (out / rel).stat().st_size == src.stat().st_size):
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, out / rel)
-            items[rel] = {"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
-                          "channels": ch, "group": fillets_speaker(level, src.stem),
-                          "language": "cs",
-                          "source": {"package": FILLETS, "version": version,
-                                     "path": f"/usr/share/games/fillets-ng/sound/{level}/cs/{src.name}"},
-                          "license": lic}
-        log(f"  dropped {dropped} lines longer than {MAX_FILLETS_S} s or shorter than {MIN_DURATION_S} s")
+        for package, (lang, prefix, train_only) in FILLETS.items():
+            root, version = unpack_deb(package, tmp)
+            lic = package_license(root, package, out)
+            base = root / "usr/share/games/fillets-ng/sound"
+            srcs = sorted(base.glob(f"*/{lang}/*.ogg"))[: args.limit]
+            log(f"{package} {version}: {len(srcs)} lines ({lic})")
+            dropped = 0
+            for src in srcs:
+                level = src.parent.parent.name
+                rel = f"{prefix}/{level}/{src.name}"
+                dur, sr, ch = audio_info(src)
+                if dur > MAX_FILLETS_S or dur < MIN_DURATION_S:
+                    dropped += 1
+                    items.pop(rel, None)
+                    continue
+                if not ((out / rel).is_file() and (out / rel).stat().st_size == src.stat().st_size):
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, out / rel)
+                items[rel] = {"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
+                              "channels": ch, "group": fillets_speaker(level, src.stem, prefix),
+                              "language": lang,
+                              "source": {"package": package, "version": version,
+                                         "path": f"/usr/share/games/fillets-ng/sound/{level}/{lang}/{src.name}"},
+                              "license": lic, **({"train_only": True} if train_only else {})}
+            log(f"  dropped {dropped} lines longer than {MAX_FILLETS_S} s or shorter than {MIN_DURATION_S} s")
+            shutil.rmtree(root)
     items = {k: v for k, v in items.items() if (out / k).is_file()}
     path = datasets.write_manifest(out, NAME, list(items.values()), args.val_fraction)
     for split, s in sorted(datasets.summary(NAME).items()):
