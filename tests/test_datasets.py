@@ -288,3 +288,4 @@ def test_license_and_speaker_parsing(monkeypatch):
     assert speech.fillets_speaker("rush", "v-chytra") == "fillets/big_fish"
     assert speech.fillets_speaker("viking2", "dr-4-erik") == "fillets/viking2/4"
     assert speech.fillets_speaker("hole", "l-halo0") == "fillets/hole/l"
+    assert speech.fillets_speaker("city", "vit-m-hlava", "fillets-nl") == "fillets-nl/small_fish"   # the Dutch dub: other actors
