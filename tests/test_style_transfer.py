@@ -266,6 +266,8 @@ def test_master_time_varying_writes_automation_that_renders_back(model_path, tmp
     tr = json.loads(trc.read_text())
     moving = [k for k, v in tr["params"].items() if isinstance(v, list) and len(set(v)) > 1]
     assert moving and all(not k.startswith(("loudness.", "ceiling.")) for k in moving)
+    # the model's plain output gain is held (master.STATIC_EFFECT_TYPES): no level riding
+    assert "out.gain_db" in tr["params"] and "out.gain_db" not in moving
     # the automation trace renders back to the same master (per-block updates through pedalboard)
     again = tmp_path / "tv_again.wav"
     assert tr["hop"] == 2048 and "--block-size 2048" in tr["description"]
