@@ -152,17 +152,24 @@ def load_manifest(name: str) -> list[dict]:
     return items
 
 
-def files(name: str, split: str | None = None, *, check: bool = True) -> list[Path]:
+def _selected(name: str, split: str | None, added: bool) -> list[dict]:
+    if split is not None and split not in SPLITS:
+        raise AfxError(f"split must be one of {SPLITS} or None, got {split!r}")
+    return [it for it in load_manifest(name)
+            if (split is None or it["split"] == split) and (added or not it.get("train_only"))]
+
+
+def files(name: str, split: str | None = None, *, check: bool = True, added: bool = True) -> list[Path]:
     """Absolute paths of corpus ``name``'s audio files in ``split`` ("train", "val" or None = all).
 
     For multitrack corpora these are the mixes (each item's ``"file"``); its stems are in the
     item's ``"stems"`` (see :func:`load_manifest`). With ``check``, a listed file that is missing
-    raises :class:`AfxError` (a partly deleted cache).
+    raises :class:`AfxError` (a partly deleted cache). ``added=False`` leaves out the items of
+    sources added after the corpus's first build (``"train_only"``), e.g. to retrain a model
+    on the data it was trained with.
     """
-    if split is not None and split not in SPLITS:
-        raise AfxError(f"split must be one of {SPLITS} or None, got {split!r}")
     root = corpus_dir(name)
-    out = [root / it["file"] for it in load_manifest(name) if split is None or it["split"] == split]
+    out = [root / it["file"] for it in _selected(name, split, added)]
     if check:
         for p in out:
             if not p.is_file():
@@ -170,9 +177,9 @@ def files(name: str, split: str | None = None, *, check: bool = True) -> list[Pa
     return out
 
 
-def groups(name: str, split: str | None = None) -> list[str]:
+def groups(name: str, split: str | None = None, *, added: bool = True) -> list[str]:
     """The group (track or speaker) of each file :func:`files` returns, in the same order."""
-    return [str(it.get("group", it["file"])) for it in load_manifest(name) if split is None or it["split"] == split]
+    return [str(it.get("group", it["file"])) for it in _selected(name, split, added)]
 
 
 def summary(name: str) -> dict[str, dict[str, float]]:

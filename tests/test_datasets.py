@@ -133,6 +133,25 @@ def test_manifest_roundtrip_and_files(cache):
     assert doc["format"] == 1 and doc["val_fraction"] == 0.1
 
 
+def test_added_sources_can_be_left_out(cache):
+    root = cache / "corpora" / "speech"
+    items = _items({f"spk{g:02d}": [1.0 + (g % 3), 2.0] for g in range(20)})
+    added = _items({f"new{g}": [1.0, 1.0] for g in range(5)})
+    for it in added:
+        it["train_only"] = True
+    for it in items + added:
+        (root / it["file"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / it["file"]).write_bytes(b"x")
+    datasets.write_manifest(root, "speech", items + added)
+    first = {str(root / it["file"]) for it in items}
+    train_all, train_first = datasets.files("speech", "train"), datasets.files("speech", "train", added=False)
+    assert len(train_all) == len(train_first) + 10 and {str(p) for p in train_first} <= first
+    assert datasets.files("speech", "val", added=False) == datasets.files("speech", "val")
+    g = datasets.groups("speech", "train", added=False)   # aligned with files(..., added=False)
+    assert len(g) == len(train_first) and not any(x.startswith("new") for x in g)
+    assert sum(x.startswith("new") for x in datasets.groups("speech", "train")) == 10
+
+
 def test_errors_are_one_line_with_build_command(cache):
     with pytest.raises(AfxError) as e:
         datasets.load_manifest("speech")

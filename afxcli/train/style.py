@@ -425,7 +425,7 @@ def style_split_files(config: dict, split: str) -> list[Path] | None:
         names = [d["corpus"]] if isinstance(d["corpus"], str) else d["corpus"]
         out: list[Path] = []
         for n in names:
-            out += datasets.files(n, split)
+            out += datasets.files(n, split, added=d["added_sources"])
         if not out:
             raise AfxError(f"corpus {', '.join(names)}: the {split} split is empty")
         return out
@@ -451,7 +451,7 @@ def style_dataset(config: dict, chain_spec: dict, split: str) -> StylePairDatase
         from .. import datasets
 
         names = [d["corpus"]] if isinstance(d["corpus"], str) else d["corpus"]
-        groups = [f"{n}/{g}" for n in names for g in datasets.groups(n, split)]
+        groups = [f"{n}/{g}" for n in names for g in datasets.groups(n, split, added=d["added_sources"])]
     store = None
     if files is not None and d["decoded_cache"]:
         from .pcm import PCMStore
@@ -517,6 +517,9 @@ class StyleTask(ChainTask):
         "speed_range": Field(None, (list, type(None)), check_speed_range,
                              "training crops only: tape-speed augmentation, factor log-uniform in [low, high] "
                              "(pitch and formants move; StylePairDataset)"),
+        "added_sources": Field(False, BOOL, doc="also train on the sources added to a corpus after its first "
+                               "build (manifest items marked train_only, scripts/data/README.md); false: "
+                               "the first build's data, what every model shipped before 2026-12-04 saw"),
         "decoded_cache": Field(False, BOOL, doc="decode the files once into a float16 store in the user cache "
                                "(afxcli.train.pcm); crops are then slices, not decodes"),
     }
