@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Build the ``music_mastered`` corpus: real mastered game soundtracks (~7 h, stereo).
+"""Build the ``music_mastered`` corpus: real mastered game soundtracks (~9 h, stereo).
 
 Sources (DESIGN.md §5), unpacked with ``apt-get download`` + ``dpkg-deb -x`` (nothing installed):
 - ``warzone2100-music``: Opus, 48 kHz (``usr/share/games/warzone2100/music``);
 - ``hedgewars-data``: Ogg Vorbis, 44.1 kHz (``usr/share/games/hedgewars/Data/Music``);
 - ``nexuiz-music``: Ogg Vorbis inside the zip ``usr/share/games/nexuiz/data/music.pk3``.
+
+Added training source (second build, 2026-12-04), marked ``"train_only"`` so the validation set
+stays that of the first build (:func:`afxcli.datasets.assign_splits`): ``wesnoth-1.16-music``,
+orchestral Ogg Vorbis (``usr/share/games/wesnoth/1.16/data/core/music``).
 
 Files are copied byte for byte (no re-encoding: original codec, sample rate and channels; soundfile
 reads Opus and Vorbis). Files shorter than ``MIN_DURATION_S`` (20 s) or sampled below
@@ -59,9 +63,10 @@ def main() -> None:
     with temp_dir("music_mastered_") as tmp:
         tmp = Path(tmp)
         # --- warzone2100-music and hedgewars-data: plain files in the package
-        for package, sub, pattern, source in [
-                ("warzone2100-music", "usr/share/games/warzone2100/music", "**/*.opus", "warzone2100"),
-                ("hedgewars-data", "usr/share/games/hedgewars/Data/Music", "*.ogg", "hedgewars")]:
+        for package, sub, pattern, source, train_only in [
+                ("warzone2100-music", "usr/share/games/warzone2100/music", "**/*.opus", "warzone2100", False),
+                ("hedgewars-data", "usr/share/games/hedgewars/Data/Music", "*.ogg", "hedgewars", False),
+                ("wesnoth-1.16-music", "usr/share/games/wesnoth/1.16/data/core/music", "*.ogg", "wesnoth", True)]:
             root, version = unpack_deb(package, tmp)
             lic = package_license(root, package, out)
             srcs = sorted((root / sub).glob(pattern))[: args.limit]
@@ -77,7 +82,7 @@ def main() -> None:
                               "channels": ch, "group": _group(source, src.stem),
                               "source": {"package": package, "version": version,
                                          "path": f"/{sub}/{src.relative_to(root / sub).as_posix()}"},
-                              "license": lic}
+                              "license": lic, **({"train_only": True} if train_only else {})}
             shutil.rmtree(root)
         # --- nexuiz-music: ogg files inside a zip (.pk3)
         package = "nexuiz-music"
