@@ -27,7 +27,8 @@ leave. ``--oracle N`` adds an ``oracle`` row: the model's chain (after the same 
 with its free parameters fitted *to the target* by N Adam steps on the MR-STFT error, starting from
 the model's prediction (:func:`fit_chain_to_target`) — no real system sees the target; the row
 bounds what the chain itself can do, so the gap between it and ``model`` is what predicting from
-the reference leaves.
+the reference leaves. ``--oracle-only eq.,out.`` fits only the parameters with those key prefixes
+(a subset oracle: which part of the chain the prediction misses).
 
     .venv/bin/python benchmarks/style_eval.py --n 50 --seed 0 [--model runs/style_music/best.pt] [--oracle 150]
 """
@@ -106,14 +107,16 @@ ORACLE_LR = 0.05
 
 
 def fit_chain_to_target(predictor, values: list, x: np.ndarray, target: np.ndarray, sample_rate: float,
-                        steps: int, lr: float = ORACLE_LR) -> np.ndarray:
+                        steps: int, lr: float = ORACLE_LR, only: Sequence[str] = ()) -> np.ndarray:
     """The ``oracle`` row's output: ``predictor``'s chain (:attr:`~afxcli.tasks.style.StylePredictor.chain_spec`,
     at ``sample_rate``) on ``x`` ``(channels, samples)`` after the matched-EQ stage of ``values``
     (``predictor.predict``'s per-effect values; the stage's gains stay as predicted), its free
     parameters fitted to ``target`` — Adam on ``logit(q)`` over the normalized parameters,
     ``steps`` steps from the prediction (with the network's own output gain), minimizing the
     MR-STFT error through the chain's torch twins (AD); the parameters with the lowest error seen
-    are kept and rendered with the chain's exact form. Returns ``(channels, samples)`` float32."""
+    are kept and rendered with the chain's exact form. ``only``: key prefixes (e.g. ``("eq.",
+    "out.")``): fit just those parameters, the others stay as predicted (a subset oracle: which
+    part of the chain the prediction misses). Returns ``(channels, samples)`` float32."""
     import torch
 
     from afxcli.effects.chain import Chain
@@ -127,14 +130,18 @@ def fit_chain_to_target(predictor, values: list, x: np.ndarray, target: np.ndarr
 
         xm = apply_matched_geq(x, sample_rate, values[0], predictor.match_eq)
     q0 = chain.normalize_values(values[lead:]).clamp(1e-4, 1.0 - 1e-4)
-    logit = torch.logit(q0).clone().requires_grad_(True)
-    opt = torch.optim.Adam([logit], lr=lr)
+    mask = torch.tensor([[1.0 if not only or k.startswith(tuple(only)) else 0.0 for k in chain.free_keys]])
+    if not bool(mask.any()):
+        raise ValueError(f"no free parameter of the chain starts with {', '.join(only)}")
+    logit0 = torch.logit(q0)
+    delta = torch.zeros_like(logit0, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
     loss_fn = MultiResolutionSTFTLoss(time_weight=0.0)
     xt = torch.from_numpy(np.ascontiguousarray(xm, dtype=np.float32))[None]
     tt = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[None]
     best, best_q = math.inf, q0
     for _ in range(int(steps)):
-        q = torch.sigmoid(logit)
+        q = torch.sigmoid(logit0 + delta * mask)
         loss = loss_fn(chain(xt, q, mode="train"), tt)
         if float(loss.detach()) < best:
             best, best_q = float(loss.detach()), q.detach().clone()
@@ -149,7 +156,7 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
                    clip_seconds: float, predictor=None, progress: bool = False,
                    groups: Sequence[str] | None = None, band_errors: bool = False,
                    refine_steps: int = 0, level_weights: Sequence[float] = (),
-                   oracle_steps: int = 0) -> dict[str, dict[str, float]]:
+                   oracle_steps: int = 0, oracle_only: Sequence[str] = ()) -> dict[str, dict[str, float]]:
     """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs.
 
     ``files``: audio files of the split (None: generated music-like clips, for tests). Pair ``k`` is
@@ -163,7 +170,8 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
     ``level_weights``: also ``model_level_w<w>`` for each ``w``: the model's chain with the output level
     blended ``w`` toward the network's own gain (:func:`~afxcli.tasks.style.match_output_loudness`;
     ``model`` uses the model's own ``level_own_gain_weight``), to choose that weight.
-    ``oracle_steps``: also ``oracle``, the model's chain fitted to the target (:func:`fit_chain_to_target`).
+    ``oracle_steps``: also ``oracle``, the model's chain fitted to the target (:func:`fit_chain_to_target`;
+    ``oracle_only``: just the parameters with these key prefixes).
     """
     from afxcli.effects.chain import Chain
     from afxcli.render import render_chain
@@ -212,7 +220,7 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
                 _, y, _ = match_output_loudness(chain, x, res.values_after, ref_lufs, w_model)
                 rows["model_refine"].append(pair_metrics(y, target, sample_rate, band_errors))
             if oracle_steps:
-                y = fit_chain_to_target(predictor, values, x, target, sample_rate, oracle_steps)
+                y = fit_chain_to_target(predictor, values, x, target, sample_rate, oracle_steps, only=oracle_only)
                 rows["oracle"].append(pair_metrics(y, target, sample_rate, band_errors))
         if progress:
             print(f"  pair {k + 1}/{n} ({item['name']}): input mrstft {rows['input'][-1]['mrstft']:.3f}, "
@@ -262,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--oracle", type=int, default=0,
                    help="also oracle: the model's chain fitted to the target by this many steps (what the "
                         "chain itself can reach; no real system sees the target)")
+    p.add_argument("--oracle-only", default="",
+                   help="with --oracle: fit only the parameters whose keys start with these comma-separated "
+                        "prefixes (e.g. 'eq.,out.'; the chain's keys: eq.*, comp.*, out.gain_db), the others as "
+                        "predicted: which part of the chain the prediction misses")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -285,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
                                 progress=not args.quiet, groups=datasets.groups(corpus, "val"),
                                 band_errors=args.band_errors, refine_steps=args.refine, oracle_steps=args.oracle,
+                                oracle_only=[k.strip() for k in args.oracle_only.split(",") if k.strip()],
                                 level_weights=[float(w) for w in args.level_weights.split(",") if w.strip()])
         print(f"{domain}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         out += figure_lines(domain, result)

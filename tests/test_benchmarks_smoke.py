@@ -197,3 +197,8 @@ def test_style_pairs_oracle_fits_the_chain_to_the_target(style_eval, tiny_conv_s
     assert "oracle" in res and all(math.isfinite(v) for v in res["oracle"].values())
     assert res["oracle"]["mrstft"] < res["model_own_gain"]["mrstft"] - 1e-3
     assert "style_speech_oracle_mrstft_reduction" in "\n".join(style_eval.figure_lines("speech", res))
+    # a subset oracle: only the output gain fitted, at least as close as the prediction, no closer than all
+    gain = style_eval.evaluate_pairs(None, 16000, 1, n=2, seed=4, clip_seconds=1.0, predictor=pred,
+                                     oracle_steps=25, oracle_only=["out."])
+    assert gain["oracle"]["mrstft"] <= gain["model_own_gain"]["mrstft"] + 1e-4
+    assert gain["oracle"]["mrstft"] > res["oracle"]["mrstft"] - 1e-3
