@@ -28,7 +28,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from common import (audio_info, datasets, load_items, log, package_license, parser, temp_dir,
+from common import (audio_info, datasets, load_items, log, mark_added, package_license, parser, temp_dir,
                     unpack_deb)
 
 NAME = "music_mastered"
@@ -62,7 +62,7 @@ def main() -> None:
     items = load_items(out)
     with temp_dir("music_mastered_") as tmp:
         tmp = Path(tmp)
-        # --- warzone2100-music and hedgewars-data: plain files in the package
+        # --- warzone2100-music, hedgewars-data and wesnoth-1.16-music: plain files in the package
         for package, sub, pattern, source, train_only in [
                 ("warzone2100-music", "usr/share/games/warzone2100/music", "**/*.opus", "warzone2100", False),
                 ("hedgewars-data", "usr/share/games/hedgewars/Data/Music", "*.ogg", "hedgewars", False),
@@ -78,11 +78,11 @@ def main() -> None:
                 if dur < MIN_DURATION_S or sr < MIN_SAMPLE_RATE:
                     (out / rel).unlink()
                     continue
-                items[rel] = {"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
+                items[rel] = mark_added({"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
                               "channels": ch, "group": _group(source, src.stem),
                               "source": {"package": package, "version": version,
                                          "path": f"/{sub}/{src.relative_to(root / sub).as_posix()}"},
-                              "license": lic, **({"train_only": True} if train_only else {})}
+                              "license": lic}, train_only)
             shutil.rmtree(root)
         # --- nexuiz-music: ogg files inside a zip (.pk3)
         package = "nexuiz-music"

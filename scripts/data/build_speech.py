@@ -28,8 +28,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from common import (audio_info, datasets, ensure_apt, load_items, log, package_license, parser, run, temp_dir,
-                    unpack_deb)
+from common import (audio_info, datasets, ensure_apt, load_items, log, mark_added, package_license, parser, run,
+                    temp_dir, unpack_deb)
 
 NAME = "speech"
 MAX_FILLETS_S = 10.0
@@ -88,12 +88,12 @@ def main() -> None:
                 if dur < MIN_DURATION_S:
                     (out / rel).unlink()
                     continue
-                items[rel] = {"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
+                items[rel] = mark_added({"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
                               "channels": ch, "group": f"asterisk/{voice.split('_')[-1]}",
                               "voice": voice, "language": voice.split("_")[0],
                               "source": {"package": package, "version": version,
                                          "path": f"/usr/share/asterisk/sounds/{rel_src.as_posix()}"},
-                              "license": lic, **({"train_only": True} if train_only else {})}
+                              "license": lic}, train_only)
             shutil.rmtree(root)
         for package, (lang, prefix, train_only) in FILLETS.items():
             root, version = unpack_deb(package, tmp)
@@ -113,12 +113,12 @@ def main() -> None:
                 if not ((out / rel).is_file() and (out / rel).stat().st_size == src.stat().st_size):
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, out / rel)
-                items[rel] = {"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
+                items[rel] = mark_added({"file": rel, "duration_s": round(dur, 3), "sample_rate": sr,
                               "channels": ch, "group": fillets_speaker(level, src.stem, prefix),
                               "language": lang,
                               "source": {"package": package, "version": version,
                                          "path": f"/usr/share/games/fillets-ng/sound/{level}/{lang}/{src.name}"},
-                              "license": lic, **({"train_only": True} if train_only else {})}
+                              "license": lic}, train_only)
             log(f"  dropped {dropped} lines longer than {MAX_FILLETS_S} s or shorter than {MIN_DURATION_S} s")
             shutil.rmtree(root)
     items = {k: v for k, v in items.items() if (out / k).is_file()}

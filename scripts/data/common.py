@@ -154,6 +154,15 @@ def audio_info(path: Path) -> tuple[float, int, int]:
     return info.frames / info.samplerate, int(info.samplerate), int(info.channels)
 
 
+def mark_added(item: dict, added: bool) -> dict:
+    """``item``, marked ``"train_only"`` when ``added`` (a source added after the corpus's first
+    build: :func:`afxcli.datasets.assign_splits` keeps it out of validation, and training uses it
+    only with ``data.added_sources``)."""
+    if added:
+        item["train_only"] = True
+    return item
+
+
 def load_items(corpus: Path) -> dict[str, dict]:
     """Items of an existing (possibly partial) manifest by file, so a resumed build keeps them."""
     import json
