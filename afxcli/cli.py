@@ -467,6 +467,7 @@ def master(
     from rich.console import Console
     from rich.table import Table
 
+    from .blas import one_blas_thread
     from .tasks.master import MasterContext, master_file, prefetch_imports
 
     files = expand_inputs(inputs)
@@ -475,16 +476,17 @@ def master(
     plots = _side_paths(plot, outs, "--plot", ".png")
     traces = _side_paths(trace, outs, "--trace", ".trace.json")
     prefetch_imports()  # scipy and the effects load while the reference and the first input are read
-    ctx = MasterContext(ref=ref, preset=preset, lufs=lufs, ceiling=ceiling, method=method, model=model,
-                        refine_steps=refine_steps, time_varying=time_varying,
-                        read_ahead=files[0] if files else None)
+    with one_blas_thread():  # for the whole batch: the reference's analysis thread too (afxcli.blas)
+        ctx = MasterContext(ref=ref, preset=preset, lufs=lufs, ceiling=ceiling, method=method, model=model,
+                            refine_steps=refine_steps, time_varying=time_varying,
+                            read_ahead=files[0] if files else None)
 
-    def one(item):
-        inp, out, rep, plt, trc = item
-        return master_file(inp, out, ctx, report_path=rep, plot_path=plt, trace_path=trc)
+        def one(item):
+            inp, out, rep, plt, trc = item
+            return master_file(inp, out, ctx, report_path=rep, plot_path=plt, trace_path=trc)
 
-    results, failures = run_each(list(zip(files, outs, reports, plots, traces)), one, jobs=jobs,
-                                 description="mastering")
+        results, failures = run_each(list(zip(files, outs, reports, plots, traces)), one, jobs=jobs,
+                                     description="mastering")
     table = Table(title=f"afx master ({ctx.method}; target {ctx.target_lufs:.1f} LUFS from {ctx.target_source}, "
                         f"ceiling {ctx.ceiling:.1f} dBTP)")
     for col in ("file", "in LUFS", "out LUFS", "out dBTP", "in crest", "out crest", "refine gain", "status"):

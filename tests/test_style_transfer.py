@@ -405,3 +405,65 @@ def test_output_level_blends_reference_loudness_and_own_gain():
     np.testing.assert_allclose(render_chain(chain, x, vh), yh, atol=1e-6)
     with pytest.raises(AfxError):
         match_output_loudness(chain, x, values, target, 1.5)
+
+
+def test_reference_items_are_computed_once_each_under_their_own_lock():
+    """``ReferenceEmbedding._once``: concurrent callers of one item get one computation; a slow
+    item does not hold up another; a failure is not cached."""
+    import threading
+    import time
+
+    from afxcli.tasks.reference import ReferenceEmbedding
+
+    class Ctx(ReferenceEmbedding):
+        def __init__(self):
+            self._lock = threading.Lock()
+
+    ctx, calls, release = Ctx(), [], threading.Event()
+
+    def slow():
+        calls.append("slow")
+        release.wait(5.0)
+        return 1
+
+    threads = [threading.Thread(target=ctx._once, args=("slow", slow)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    t0 = time.perf_counter()
+    assert ctx._once("fast", lambda: 2) == 2 and time.perf_counter() - t0 < 1.0  # not behind "slow"
+    release.set()
+    for t in threads:
+        t.join()
+    assert calls == ["slow"] and ctx._once("slow", slow) == 1
+
+    def fail():
+        calls.append("fail")
+        raise RuntimeError("simulated")
+
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            ctx._once("fail", fail)
+    assert calls.count("fail") == 2
+
+
+def test_master_context_analyzes_the_reference_in_a_side_thread(model_path, tmp_path, monkeypatch):
+    """The reference's embedding is computed once, by the context's prefetch thread, and equals the
+    predictor's own; the time-varying master then uses it (no second embedding)."""
+    from afxcli.tasks.master import MasterContext, master_file
+    from afxcli.tasks.style import StylePredictor
+
+    sr = 22050
+    ref = _write(tmp_path / "r.wav", audio(2.0, sr, 61, tilt=0.5), sr)
+    inp = _write(tmp_path / "i.wav", audio(2.0, sr, 62), sr)
+    calls = []
+    real_embed = StylePredictor.embed
+    monkeypatch.setattr(StylePredictor, "embed", lambda self, a, r: calls.append(1) or real_embed(self, a, r))
+    ctx = MasterContext(ref=ref, model=model_path, time_varying=True)
+    assert ctx.reference_thread is not None
+    ctx.reference_thread.join(30.0)
+    assert calls == [1]
+    expected = real_embed(ctx.predictor, ctx.ref_audio, ctx.ref_sr)
+    np.testing.assert_array_equal(ctx.reference_embedding(), expected)
+    master_file(inp, tmp_path / "o.wav", ctx)
+    assert calls == [1] and (tmp_path / "o.wav").exists()

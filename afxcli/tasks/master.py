@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -185,9 +186,8 @@ class MasterContext(ReferenceEmbedding):
         if self.style_preset is not None and self.predictor is not None \
                 and self.style_preset.embedding.size != self.predictor.embed_dim:
             raise AfxError(f"{self.style_preset.path}: embedding made with another model")
-        self._ref_embedding = None
-        self._ref_levels = None
         self._lock = threading.Lock()
+        self.reference_thread = self.prefetch_reference()  # overlaps the first input's decoding and analysis
 
     @property
     def target_lufs(self) -> float:
@@ -215,11 +215,8 @@ class MasterContext(ReferenceEmbedding):
 
         if self.ref_audio is None:
             return None
-        with self._lock:
-            if self._ref_levels is None:
-                self._ref_levels = {"file": str(self.ref_path),
-                                    **levels(self.ref_audio, self.ref_sr, lufs_value=self.ref_lufs)}
-            return dict(self._ref_levels)
+        return dict(self._once("levels", lambda: {"file": str(self.ref_path),
+                                                  **levels(self.ref_audio, self.ref_sr, lufs_value=self.ref_lufs)}))
 
     def take_read_ahead(self, path: Path):
         """``(audio, sample_rate)`` of ``path`` if it was read ahead (once), else None; a read
@@ -316,14 +313,15 @@ def prediction_hop(pred) -> tuple[int, float]:
     return pred.prediction_hop_samples(AUTOMATION_HOP_SECONDS), float(pred.sample_rate)
 
 
-def frame_predictions(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray,
+def frame_predictions(pred, audio: np.ndarray, sr: int, ref_embedding: np.ndarray | Callable[[], np.ndarray],
                       match_values: dict | None = None) -> np.ndarray:
     """Normalized predictions ``(frames, n_free)`` of ``pred`` every :func:`prediction_hop` for
-    ``audio`` against ``ref_embedding`` (no effect or torch import on the NumPy backend);
+    ``audio`` against ``ref_embedding`` (no effect or torch import on the NumPy backend), or a
+    zero-argument callable that returns it, called once the input's frames are embedded;
     ``match_values``: the matched EQ stage's gains at the model rate, for a model that has one."""
     hop_model, model_sr = prediction_hop(pred)
     e, _ = pred.embed_frames(audio, sr, hop_model / model_sr, match_values=match_values)
-    return pred.predict_normalized(e, ref_embedding)
+    return pred.predict_normalized(e, ref_embedding() if callable(ref_embedding) else ref_embedding)
 
 
 def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: list[str]):
@@ -342,9 +340,9 @@ def _chain_and_values(audio: np.ndarray, sr: int, ctx: MasterContext, notes: lis
             if pred.match_eq:   # the matched EQ stage: at the model rate (analysis) and at the file's
                 g_model, g_file = pred.match_stage(audio, sr, ref_spectra)
                 lead = [g_file]
-            q = frame_predictions(pred, audio, sr, ctx.reference_embedding(), g_model)
+            q = frame_predictions(pred, audio, sr, ctx.reference_embedding, g_model)
         else:
-            static = pred.predict(audio, sr, ref_embedding=ctx.reference_embedding(), ref_spectra=ref_spectra)
+            static = pred.predict(audio, sr, ref_embedding=ctx.reference_embedding, ref_spectra=ref_spectra)
         from ..effects.chain import Chain, normalize_spec
 
         model_effects = normalize_spec(pred.render_spec)["effects"]

@@ -21,7 +21,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -374,11 +374,13 @@ class StylePredictor:
         return apply_matched_geq(x, self.sample_rate, match_values, self.match_eq)
 
     def predict(self, input_audio: np.ndarray, input_sr: float, ref_audio: np.ndarray | None = None,
-                ref_sr: float | None = None, ref_embedding: np.ndarray | None = None,
+                ref_sr: float | None = None, ref_embedding: np.ndarray | Callable[[], np.ndarray] | None = None,
                 ref_spectrum: tuple | None = None, ref_spectra: tuple | None = None) -> list[dict[str, float]]:
         """Per-effect physical values of :attr:`render_spec` at ``input_sr`` from the reference audio
         or a stored reference embedding (with ``ref_audio`` too, it saves embedding the reference
-        again).
+        again). ``ref_embedding`` may be a zero-argument callable that returns it: it is called
+        once the input is analyzed (a reference analyzed in another thread meanwhile,
+        :meth:`afxcli.tasks.reference.ReferenceEmbedding.prefetch_reference`).
 
         With a matched EQ stage (:attr:`match_eq`): the stage's band gains are designed from the
         input and the reference twice — at the model rate on the analysis copies, which the input's
@@ -401,7 +403,8 @@ class StylePredictor:
             g_model, g_file = self.match_stage(input_audio, input_sr, ref_spectra, x)
             first = [g_file]
             x = self.matched(x, g_model)
-        q = self.predict_normalized(self.embed_analysis(x), ref_embedding)
+        e_input = self.embed_analysis(x)
+        q = self.predict_normalized(e_input, ref_embedding() if callable(ref_embedding) else ref_embedding)
         from ..effects.chain import Chain   # after the analysis, which may overlap its import
 
         return first + self.values(q, Chain(self.chain_spec, input_sr))
@@ -616,7 +619,6 @@ class StyleContext(ReferenceEmbedding):
                 if self.style_preset.embedding.size != self.predictor.embed_dim:
                     raise AfxError(f"{self.style_preset.path}: embedding of size {self.style_preset.embedding.size}, "
                                    f"the model's is {self.predictor.embed_dim} (made with another model)")
-        self._ref_embedding: np.ndarray | None = None
         # the loudness a model's output is matched to: the reference's, else the preset's stored level
         self.ref_level_lufs: float | None = None
         if self.predictor is not None and self.ref_audio is not None:
@@ -626,6 +628,7 @@ class StyleContext(ReferenceEmbedding):
         elif self.predictor is not None and self.style_preset is not None:
             self.ref_level_lufs = self.style_preset.level_lufs
         self._lock = threading.Lock()
+        self.reference_thread = self.prefetch_reference()  # overlaps the first input's decoding and analysis
 
 
 def _write_trace(path: Path, chain, values, sr: int, n_samples: int, description: str) -> None:
@@ -683,7 +686,7 @@ def style_transfer_file(input_path: Path, output_path: Path, ctx: StyleContext,
     else:
         pred = ctx.predictor
         chain = Chain(pred.render_spec, sr)
-        values = pred.predict(audio, sr, ref_embedding=ctx.reference_embedding(),
+        values = pred.predict(audio, sr, ref_embedding=ctx.reference_embedding,
                               ref_spectra=ctx.reference_spectra() if pred.match_eq else None)
         if ctx.refine_steps:
             from .refine import refine_toward_reference
