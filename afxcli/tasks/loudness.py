@@ -51,10 +51,11 @@ TRUE_PEAK_GUARD_DB = 1e-4
 LIMITER_MARGIN_DB = 0.1
 #: Files longer than this search gain and limiter ceiling on PROXY_CHUNKS excerpts of
 #: PROXY_CHUNK_SECONDS first, then confirm on the whole file. The excerpts' search takes about
-#: four renders (measured: 65 on 17 limited files), so their length sets its cost: on 30 music mixes
-#: of 65–300 s mastered to −9/−11/−13 LUFS (2026-12-04), 8 × 2 s excerpts cost 1040 s of limiter
-#: audio against 2080 s for 8 × 4 s, and the whole file needed the same renders (1.12 per limited
-#: file; 8 × 3 s: 1.12, 12 × 2 s: 1.06); the limiter's total time went 22.1 → 17.0 s.
+#: four renders, so their length sets its cost: on 30 music mixes over 65 s mastered to
+#: −9/−11/−13 LUFS (``benchmarks/loudness_rounds.py --split train --min-seconds 65 --n 30
+#: --lufs=-9,-11,-13 --proxy-chunk-seconds 4,2``, 2026-12-04), 8 × 2 s excerpts needed the same
+#: renders as 8 × 4 s (3.82 excerpt and 1.12 whole-file renders per limited file) and the limiter's
+#: time went 19.8 → 14.9 s (3811 → 2772 s of audio rendered).
 PROXY_MIN_SECONDS = 60.0
 PROXY_CHUNKS = 8
 PROXY_CHUNK_SECONDS = 2.0
