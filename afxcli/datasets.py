@@ -152,21 +152,25 @@ def load_manifest(name: str) -> list[dict]:
     return items
 
 
-def _selected(name: str, split: str | None, added: bool) -> list[dict]:
+def _selected(name: str, split: str | None, added: bool | str) -> list[dict]:
     if split is not None and split not in SPLITS:
         raise AfxError(f"split must be one of {SPLITS} or None, got {split!r}")
-    return [it for it in load_manifest(name)
-            if (split is None or it["split"] == split) and (added or not it.get("train_only"))]
+    if added not in (True, False, "only"):
+        raise AfxError(f"added must be True, False or 'only', got {added!r}")
+    keep = ((lambda it: bool(it.get("train_only"))) if added == "only" else
+            (lambda it: True) if added else (lambda it: not it.get("train_only")))
+    return [it for it in load_manifest(name) if (split is None or it["split"] == split) and keep(it)]
 
 
-def files(name: str, split: str | None = None, *, check: bool = True, added: bool = True) -> list[Path]:
+def files(name: str, split: str | None = None, *, check: bool = True, added: bool | str = True) -> list[Path]:
     """Absolute paths of corpus ``name``'s audio files in ``split`` ("train", "val" or None = all).
 
     For multitrack corpora these are the mixes (each item's ``"file"``); its stems are in the
     item's ``"stems"`` (see :func:`load_manifest`). With ``check``, a listed file that is missing
     raises :class:`AfxError` (a partly deleted cache). ``added=False`` leaves out the items of
     sources added after the corpus's first build (``"train_only"``), e.g. to retrain a model
-    on the data it was trained with.
+    on the data it was trained with; ``added="only"`` keeps only those (audio that a model trained
+    on the first build never saw: ``benchmarks/style_eval.py --split added``).
     """
     root = corpus_dir(name)
     out = [root / it["file"] for it in _selected(name, split, added)]
@@ -177,7 +181,7 @@ def files(name: str, split: str | None = None, *, check: bool = True, added: boo
     return out
 
 
-def groups(name: str, split: str | None = None, *, added: bool = True) -> list[str]:
+def groups(name: str, split: str | None = None, *, added: bool | str = True) -> list[str]:
     """The group (track or speaker) of each file :func:`files` returns, in the same order."""
     return [str(it.get("group", it["file"])) for it in _selected(name, split, added)]
 

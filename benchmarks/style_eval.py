@@ -28,7 +28,11 @@ with its free parameters fitted *to the target* by N Adam steps on the MR-STFT e
 the model's prediction (:func:`fit_chain_to_target`) — no real system sees the target; the row
 bounds what the chain itself can do, so the gap between it and ``model`` is what predicting from
 the reference leaves. ``--oracle-only eq.,out.`` fits only the parameters with those key prefixes
-(a subset oracle: which part of the chain the prediction misses).
+(a subset oracle: which part of the chain the prediction misses). ``--split added`` draws the
+pairs from the sources added to each corpus after its first build instead (training-only items:
+wesnoth music; Italian/Russian G.722 prompts and Dutch game voices) — audio that a model trained on
+the first build (``data.added_sources`` false, every shipped model) never saw, a test of how it
+does on recordings nobody tuned it on; it refuses a model trained with them.
 
     .venv/bin/python benchmarks/style_eval.py --n 50 --seed 0 [--model runs/style_music/best.pt] [--oracle 150]
 """
@@ -250,6 +254,12 @@ def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
+def trained_on_added_sources(predictor) -> bool:
+    """Whether a model's training config took the sources added after a corpus's first build
+    (``data.added_sources``; a config from before that field existed did not)."""
+    return bool((predictor.config.get("data") or {}).get("added_sources", False))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=50, help="pairs per domain")
@@ -274,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="with --oracle: fit only the parameters whose keys start with these comma-separated "
                         "prefixes (e.g. 'eq.,out.'; the chain's keys: eq.*, comp.*, out.gain_db), the others as "
                         "predicted: which part of the chain the prediction misses")
+    p.add_argument("--split", default="val", choices=("val", "added"),
+                   help="val: the validation split; added: the sources added to the corpus after its first "
+                        "build (training-only items), audio a model trained on the first build never saw")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -287,15 +300,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         if domain not in DOMAINS:
             raise SystemExit(f"unknown domain {domain!r} (known: {', '.join(DOMAINS)})")
         corpus, sr, channels = DOMAINS[domain]
-        files = datasets.files(corpus, "val")
+        split, added = ("val", True) if args.split == "val" else ("train", "only")
+        files = datasets.files(corpus, split, added=added)
+        if not files:
+            raise SystemExit(f"{domain}: no {args.split} files in {corpus}")
         model = getattr(args, f"{domain}_model") or args.model
         predictor = StylePredictor.load(resolve_model_path(model, domain)) if model else None
-        print(f"{domain}: {len(files)} validation files of {corpus}, {sr} Hz, {channels} ch, "
+        if args.split == "added" and predictor is not None and trained_on_added_sources(predictor):
+            raise SystemExit(f"{domain}: {predictor.path} was trained on the added sources (data.added_sources): "
+                             "they are not held out for it")
+        print(f"{domain}: {len(files)} {args.split} files of {corpus}, {sr} Hz, {channels} ch, "
               f"{args.n} pairs of {args.clip_seconds:g} s, seed {args.seed}, model "
               f"{predictor.path if predictor else '(none)'}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
-                                progress=not args.quiet, groups=datasets.groups(corpus, "val"),
+                                progress=not args.quiet, groups=datasets.groups(corpus, split, added=added),
                                 band_errors=args.band_errors, refine_steps=args.refine, oracle_steps=args.oracle,
                                 oracle_only=[k.strip() for k in args.oracle_only.split(",") if k.strip()],
                                 level_weights=[float(w) for w in args.level_weights.split(",") if w.strip()])

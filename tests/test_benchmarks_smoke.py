@@ -202,3 +202,11 @@ def test_style_pairs_oracle_fits_the_chain_to_the_target(style_eval, tiny_conv_s
                                      oracle_steps=25, oracle_only=["out."])
     assert gain["oracle"]["mrstft"] <= gain["model_own_gain"]["mrstft"] + 1e-4
     assert gain["oracle"]["mrstft"] > res["oracle"]["mrstft"] - 1e-3
+
+
+def test_style_eval_knows_which_models_saw_the_added_sources(style_eval):
+    from types import SimpleNamespace
+
+    seen = lambda data: style_eval.trained_on_added_sources(SimpleNamespace(config={"data": data}))  # noqa: E731
+    assert seen({"added_sources": True})
+    assert not seen({"added_sources": False}) and not seen({}) and not seen(None)

@@ -150,6 +150,12 @@ def test_added_sources_can_be_left_out(cache):
     g = datasets.groups("speech", "train", added=False)   # aligned with files(..., added=False)
     assert len(g) == len(train_first) and not any(x.startswith("new") for x in g)
     assert sum(x.startswith("new") for x in datasets.groups("speech", "train")) == 10
+    only = datasets.files("speech", "train", added="only")        # what a first-build model never saw
+    assert len(only) == 10 and not ({str(p) for p in only} & first)
+    assert all(x.startswith("new") for x in datasets.groups("speech", "train", added="only"))
+    assert datasets.files("speech", "val", added="only") == []
+    with pytest.raises(AfxError, match="added must be"):
+        datasets.files("speech", "train", added="yes")
 
 
 def test_errors_are_one_line_with_build_command(cache):
