@@ -142,7 +142,8 @@ def output_paths(
     """One output path per input, checked never to overwrite any input.
 
     - ``output`` (``-o``): only with a single input; used as given.
-    - ``out_dir`` (``--out-dir``): ``out_dir/<stem><suffix><ext>`` per input.
+    - ``out_dir`` (``--out-dir``): ``out_dir/<stem><suffix><ext>`` per input; the folder (and its
+      parents) is created once every path has passed the checks below.
     - neither: next to each input, ``<stem><suffix><ext>``.
 
     ``ext`` defaults to the input's own extension when afx can write it (.wav/.flac), else .wav.
@@ -170,6 +171,11 @@ def output_paths(
         if key in claimed:
             raise AfxError(f"{out}: both {claimed[key]} and {inp} would be written here; use --out-dir or rename")
         claimed[key] = inp
+    if out_dir is not None:
+        try:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AfxError(f"{out_dir}: cannot create the output folder ({e.strerror or e})") from None
     return outs
 
 
@@ -428,7 +434,10 @@ def style_transfer_cmd(
     def one(item: tuple[Path, Path, Optional[Path]]):
         return style_transfer_file(item[0], item[1], ctx, trace_path=item[2])
 
-    results, failures = run_each(list(zip(files, outs, traces)), one, jobs=jobs, description="style transfer")
+    try:
+        results, failures = run_each(list(zip(files, outs, traces)), one, jobs=jobs, description="style transfer")
+    finally:
+        ctx.finish_reference()
     for res in results:
         if res is None:
             continue
@@ -485,8 +494,11 @@ def master(
             inp, out, rep, plt, trc = item
             return master_file(inp, out, ctx, report_path=rep, plot_path=plt, trace_path=trc)
 
-        results, failures = run_each(list(zip(files, outs, reports, plots, traces)), one, jobs=jobs,
-                                     description="mastering")
+        try:
+            results, failures = run_each(list(zip(files, outs, reports, plots, traces)), one, jobs=jobs,
+                                         description="mastering")
+        finally:
+            ctx.finish_reference()
     table = Table(title=f"afx master ({ctx.method}; target {ctx.target_lufs:.1f} LUFS from {ctx.target_source}, "
                         f"ceiling {ctx.ceiling:.1f} dBTP)")
     for col in ("file", "in LUFS", "out LUFS", "out dBTP", "in crest", "out crest", "refine gain", "status"):

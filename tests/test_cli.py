@@ -294,3 +294,14 @@ def test_run_each_with_progress_bar_on_a_terminal(capfd, monkeypatch):
     results, failures = cli.run_each([1, 2, 3], fn, jobs=2, description="testing")
     assert results == [1, None, 3] and failures == 1
     assert "afx: error: item 2 is bad" in capfd.readouterr().err
+
+
+def test_out_dir_is_created_and_a_file_in_its_place_is_an_error(tmp_path):
+    inp = tmp_path / "a.wav"
+    out_dir = tmp_path / "new" / "folder"
+    outs = cli.output_paths([inp], out_dir=out_dir, suffix="_x")
+    assert outs == [out_dir / "a_x.wav"] and out_dir.is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(AfxError, match="cannot create the output folder"):
+        cli.output_paths([inp], out_dir=blocker / "sub", suffix="_x")

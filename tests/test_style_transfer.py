@@ -467,3 +467,30 @@ def test_master_context_analyzes_the_reference_in_a_side_thread(model_path, tmp_
     np.testing.assert_array_equal(ctx.reference_embedding(), expected)
     master_file(inp, tmp_path / "o.wav", ctx)
     assert calls == [1] and (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.parametrize("command", ["master", "style-transfer"])
+def test_cli_waits_for_the_reference_thread_when_every_input_fails(model_path, tmp_path, monkeypatch, command):
+    """An unreadable input fails before the reference's analysis ends; the command still waits for
+    that thread before returning its error status (a daemon thread inside native code at
+    interpreter exit aborts the process with status 134)."""
+    import time
+
+    from afxcli import cli
+    from afxcli.tasks.reference import ReferenceEmbedding
+    from afxcli.tasks.style import StylePredictor
+
+    sr = 22050
+    ref = _write(tmp_path / "r.wav", audio(2.0, sr, 63), sr)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio" * 50)
+    real_embed = StylePredictor.embed
+    monkeypatch.setattr(StylePredictor, "embed", lambda self, a, r: time.sleep(0.5) or real_embed(self, a, r))
+    threads = []
+    real_prefetch = ReferenceEmbedding.prefetch_reference
+    monkeypatch.setattr(ReferenceEmbedding, "prefetch_reference",
+                        lambda self: threads.append(real_prefetch(self)) or threads[-1])
+    rc = cli.main([command, str(bad), "--ref", str(ref), "--model", model_path, "-o", str(tmp_path / "o.wav")])
+    assert rc == cli.EXIT_USER_ERROR
+    assert len(threads) == 1 and threads[0] is not None and not threads[0].is_alive()
+    assert not (tmp_path / "o.wav").exists()

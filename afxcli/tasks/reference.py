@@ -58,6 +58,16 @@ class ReferenceEmbedding:
         t.start()
         return t
 
+    def finish_reference(self) -> None:
+        """Wait for :meth:`prefetch_reference`'s thread, if one was started. Call it before the
+        process exits: a batch whose inputs all fail early (an unreadable file) would otherwise end
+        the interpreter while that thread is inside native code, which aborts the process
+        ("terminate called without an active exception", exit status 134) instead of letting it
+        exit with its error status."""
+        t = getattr(self, "reference_thread", None)
+        if t is not None:
+            t.join()
+
     def reference_embedding(self) -> np.ndarray:
         """The embedding ``(embed_dim,)`` to match: the adaptive preset's, or the reference's."""
         if self.style_preset is not None:
