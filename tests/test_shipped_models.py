@@ -76,3 +76,26 @@ def test_speech_presets_order_as_designed():
         thr[name] = Chain.flatten(chain.labels, values)["comp.threshold_db"]
     assert highs["telephone"] < highs["warm"] < highs["bright"], highs
     assert thr["broadcast"] == min(thr.values()), thr
+
+
+def test_an_adaptive_preset_runs_with_the_model_that_made_it(tmp_path):
+    """Both shipped models embed into 256 values, so size alone cannot tell a speech preset from a
+    music one: the preset's model id picks the shipped model when none is given (master as well
+    as style-transfer), and another model is refused."""
+    from afxcli.errors import AfxError
+    from afxcli.tasks.master import MasterContext
+    from afxcli.tasks.style import DEFAULT_MODELS, StyleContext
+
+    ctx = MasterContext(preset="telephone")
+    assert ctx.predictor.path == DEFAULT_MODELS["speech"]
+    assert StyleContext(preset="warm").predictor.path == DEFAULT_MODELS["speech"]
+    with pytest.raises(AfxError, match="made with model"):
+        StyleContext(preset="warm", model="music")
+    with pytest.raises(AfxError, match="made with model"):
+        MasterContext(preset="telephone", model="music")
+    data = json.loads((ROOT / "presets" / "speech" / "warm.json").read_text())
+    data["model_id"] = "0123456789abcdef"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(data))
+    with pytest.raises(AfxError, match="not a shipped model"):
+        StyleContext(preset=str(other))

@@ -109,8 +109,8 @@ class MasterContext(ReferenceEmbedding):
                  refine_steps: int = 0, time_varying: bool | None = None,
                  read_ahead: Path | None = None) -> None:
         from ..audio import read_audio
-        from .style import (DEFAULT_MODELS, StylePredictor, is_style_preset, load_style_preset,
-                            resolve_model_path, resolve_preset_path)
+        from .style import (DEFAULT_MODELS, StylePredictor, check_preset_model, is_style_preset,
+                            load_style_preset, resolve_model_for_preset, resolve_preset_path)
 
         # ``read_ahead``: an input to decode in a side thread meanwhile (``master_file`` takes it)
         self._read_ahead = (Path(read_ahead), _read_in_thread(Path(read_ahead))) if read_ahead is not None else None
@@ -182,10 +182,9 @@ class MasterContext(ReferenceEmbedding):
             raise AfxError("--refine needs --ref REF (it matches the reference's features)")
         if self.refine_steps:
             import_torch_here()
-        self.predictor = StylePredictor.load(resolve_model_path(model, "music")) if method == "model" else None
-        if self.style_preset is not None and self.predictor is not None \
-                and self.style_preset.embedding.size != self.predictor.embed_dim:
-            raise AfxError(f"{self.style_preset.path}: embedding made with another model")
+        self.predictor = (StylePredictor.load(resolve_model_for_preset(model, "music", self.style_preset))
+                          if method == "model" else None)
+        check_preset_model(self.style_preset, self.predictor)
         self._lock = threading.Lock()
         self.reference_thread = self.prefetch_reference()  # overlaps the first input's decoding and analysis
 

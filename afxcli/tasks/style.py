@@ -63,6 +63,37 @@ def resolve_model_path(model: str | Path | None, kind: str = "music") -> Path:
     return p
 
 
+def resolve_model_for_preset(model: str | Path | None, kind: str, preset: "StylePreset | None") -> Path:
+    """The model to run with an adaptive ``preset`` (an embedding means something only to the
+    model that made it): with no ``model`` given, the shipped model whose id (the first 16 hex
+    digits of the ``.pt``'s SHA-256) is the preset's ``model_id``; else ``model`` as
+    :func:`resolve_model_path` resolves it. Without a preset, or for a preset that records no
+    model, just :func:`resolve_model_path`. :func:`check_preset_model` then checks the loaded
+    model."""
+    if preset is None or not preset.model_id or model is not None:
+        return resolve_model_path(model, kind)
+    from ..nn.numpy_infer import sha256_of
+
+    for p in DEFAULT_MODELS.values():
+        if p.is_file() and sha256_of(p)[:16] == preset.model_id:
+            return p
+    raise AfxError(f"{preset.path}: made with model {preset.model_id}, which is not a shipped model; "
+                   "give --model PATH, the model it was made with")
+
+
+def check_preset_model(preset: "StylePreset | None", predictor: "StylePredictor | None") -> None:
+    """Refuse an adaptive preset whose embedding was made with another model than ``predictor``
+    (a different id, or a different embedding size)."""
+    if preset is None or predictor is None:
+        return
+    if preset.embedding.size != predictor.embed_dim:
+        raise AfxError(f"{preset.path}: embedding of size {preset.embedding.size}, the model's is "
+                       f"{predictor.embed_dim} (made with another model)")
+    if preset.model_id and predictor.model_id and preset.model_id != predictor.model_id:
+        raise AfxError(f"{preset.path}: made with model {preset.model_id}, not with {predictor.path} "
+                       f"({predictor.model_id}); leave out --model or give the model it was made with")
+
+
 class StylePredictor:
     """A loaded style model with its chain: embeddings and per-effect values for whole files.
 
@@ -511,7 +542,7 @@ def resolve_preset_path(name_or_path: str | Path, folders: Sequence[str] = ("spe
             cand = PRESETS_DIR / sub / f"{name_or_path}.json"
             if cand.is_file():
                 return cand
-    shipped = sorted(q.stem for sub in folders for q in (PRESETS_DIR / sub).glob("*.json")) if PRESETS_DIR.is_dir() else []
+    shipped = sorted({q.stem for sub in folders for q in (PRESETS_DIR / sub).glob("*.json")}) if PRESETS_DIR.is_dir() else []
     raise AfxError(f"{name_or_path}: no such preset file or shipped preset"
                    + (f" (shipped: {', '.join(shipped)})" if shipped else ""))
 
@@ -600,8 +631,6 @@ class StyleContext(ReferenceEmbedding):
                 raise AfxError(f"{p}: cannot read preset ({type(e).__name__})") from None
             if is_style_preset(data):
                 self.style_preset, self.preset_kind = load_style_preset(p), "adaptive"
-                if p.resolve().parent == (PRESETS_DIR / "speech").resolve():
-                    kind = "speech"  # a shipped speech preset goes with the shipped speech model
             else:
                 from .export import load_preset
 
@@ -614,11 +643,8 @@ class StyleContext(ReferenceEmbedding):
                 raise AfxError("an adaptive preset needs --method model (it is a model embedding)")
             self.predictor = None
         else:
-            self.predictor = StylePredictor.load(resolve_model_path(model, kind))
-            if self.style_preset is not None:
-                if self.style_preset.embedding.size != self.predictor.embed_dim:
-                    raise AfxError(f"{self.style_preset.path}: embedding of size {self.style_preset.embedding.size}, "
-                                   f"the model's is {self.predictor.embed_dim} (made with another model)")
+            self.predictor = StylePredictor.load(resolve_model_for_preset(model, kind, self.style_preset))
+            check_preset_model(self.style_preset, self.predictor)
         # the loudness a model's output is matched to: the reference's, else the preset's stored level
         self.ref_level_lufs: float | None = None
         if self.predictor is not None and self.ref_audio is not None:
