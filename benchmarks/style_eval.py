@@ -32,7 +32,11 @@ the reference leaves. ``--oracle-only eq.,out.`` fits only the parameters with t
 pairs from the sources added to each corpus after its first build instead (training-only items:
 wesnoth music; Italian/Russian G.722 prompts and Dutch game voices) — audio that a model trained on
 the first build (``data.added_sources`` false, every shipped model) never saw, a test of how it
-does on recordings nobody tuned it on; it refuses a model trained with them.
+does on recordings nobody tuned it on; it refuses a model trained with them. After the means,
+``style_<domain>_<method>_mrstft_reduction_ci95_low`` / ``_high`` give a 95 % cluster-bootstrap
+interval of each reduction, resampling the pairs' tracks or speakers
+(:func:`reduction_interval`; ``style_<domain>_pair_clusters`` says how many there are): how far
+another validation set of the same size could move the figure.
 
     .venv/bin/python benchmarks/style_eval.py --n 50 --seed 0 [--model runs/style_music/best.pt] [--oracle 150]
 """
@@ -161,7 +165,28 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
                    groups: Sequence[str] | None = None, band_errors: bool = False,
                    refine_steps: int = 0, level_weights: Sequence[float] = (),
                    oracle_steps: int = 0, oracle_only: Sequence[str] = ()) -> dict[str, dict[str, float]]:
-    """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs.
+    """Mean errors ``{method: {metric key: mean}}`` over ``n`` fixed synthetic pairs: the means of
+    :func:`evaluate_pair_rows`, which takes the same arguments."""
+    rows, _ = evaluate_pair_rows(files, sample_rate, channels, n, seed, clip_seconds, predictor, progress,
+                                 groups, band_errors, refine_steps, level_weights, oracle_steps, oracle_only)
+    return mean_rows(rows)
+
+
+def mean_rows(rows: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """``{method: {metric key: mean over the pairs}}`` of :func:`evaluate_pair_rows`' rows."""
+    return {m: {key: float(np.mean([r[key] for r in rs])) for key in rs[0]} for m, rs in rows.items()}
+
+
+def evaluate_pair_rows(files: Sequence[Path] | None, sample_rate: int, channels: int, n: int, seed: int,
+                       clip_seconds: float, predictor=None, progress: bool = False,
+                       groups: Sequence[str] | None = None, band_errors: bool = False,
+                       refine_steps: int = 0, level_weights: Sequence[float] = (),
+                       oracle_steps: int = 0, oracle_only: Sequence[str] = ()
+                       ) -> tuple[dict[str, list[dict[str, float]]], list[str]]:
+    """Per-pair errors ``{method: [one metrics dict per pair]}`` over ``n`` fixed synthetic pairs,
+    and each pair's cluster: the group (track, speaker) of its first file, or the pair's own name
+    without ``groups`` (pairs of one track are not independent: :func:`reduction_interval` resamples
+    whole clusters).
 
     ``files``: audio files of the split (None: generated music-like clips, for tests). Pair ``k`` is
     item ``k`` of a :class:`~afxcli.train.style.StylePairDataset` seeded with ``seed`` (fixed crops,
@@ -198,9 +223,16 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
             rows["oracle"] = []
         for w in level_weights:
             rows[f"model_level_w{w:g}"] = []
+    group_of: dict[str, str] = {}
+    if files is not None and groups is not None:
+        for f, g in zip(files, groups):
+            group_of[Path(f).name] = str(g)
+    clusters: list[str] = []
     t0 = time.perf_counter()
     for k in range(n):
         item = ds[k]
+        first = str(item["name"]).split("+")[0].split("@")[0]
+        clusters.append(group_of.get(first, str(item["name"])))
         x, ref, target = (item[key].numpy().astype(np.float32) for key in ("input", "reference", "target"))
         rows["input"].append(pair_metrics(x, target, sample_rate, band_errors))
         if band_errors:   # the reference itself: what an exact long-term spectrum match would leave
@@ -231,7 +263,50 @@ def evaluate_pairs(files: Sequence[Path] | None, sample_rate: int, channels: int
                   f"rule-based {rows['rule-based'][-1]['mrstft']:.3f}"
                   + (f", model {rows['model'][-1]['mrstft']:.3f}" if predictor is not None else "")
                   + f" [{time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
-    return {m: {key: float(np.mean([r[key] for r in rs])) for key in rs[0]} for m, rs in rows.items()}
+    return rows, clusters
+
+
+#: Bootstrap resamples of :func:`reduction_interval`.
+BOOTSTRAP_REPS = 2000
+
+
+def reduction_interval(input_errors: Sequence[float], method_errors: Sequence[float], clusters: Sequence[str],
+                       reps: int = BOOTSTRAP_REPS, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (``level``) of the MR-STFT reduction ``1 − Σ method / Σ input``
+    (%, the figure :func:`figure_lines` prints) over pairs, resampling whole **clusters** with
+    replacement (a cluster bootstrap: pairs cut from one track or one speaker are correlated, so
+    resampling pairs alone would understate the spread; Efron & Tibshirani 1993, §6; Field & Welsh
+    2007 for clustered data). With 7 music tracks the interval is wide: it says how far another
+    validation set of the same size could move the figure."""
+    inp = np.asarray(input_errors, dtype=np.float64)
+    met = np.asarray(method_errors, dtype=np.float64)
+    names = sorted(set(clusters))
+    index = {c: i for i, c in enumerate(names)}
+    cl = np.array([index[c] for c in clusters])
+    sum_in = np.bincount(cl, weights=inp, minlength=len(names))
+    sum_m = np.bincount(cl, weights=met, minlength=len(names))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(int(reps), len(names)))
+    counts = np.stack([np.bincount(d, minlength=len(names)) for d in draws])
+    red = 100.0 * (1.0 - (counts @ sum_m) / np.maximum(counts @ sum_in, 1e-300))
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(red, a)), float(np.quantile(red, 1.0 - a))
+
+
+def interval_lines(domain: str, rows: dict[str, list[dict[str, float]]], clusters: Sequence[str]) -> list[str]:
+    """``style_<domain>_pair_clusters: N groups`` and, per method, the 95 % cluster-bootstrap
+    interval of its MR-STFT reduction (:func:`reduction_interval`) as ``..._mrstft_reduction_ci95_low``
+    / ``_high`` lines."""
+    lines = [f"style_{domain}_pair_clusters: {len(set(clusters))} groups"]
+    base = [r["mrstft"] for r in rows["input"]]
+    for method, rs in rows.items():
+        if method == "input" or not rs or "mrstft" not in rs[0]:
+            continue
+        lo, hi = reduction_interval(base, [r["mrstft"] for r in rs], clusters)
+        m = method.replace("-", "_").replace(".", "p")
+        lines += [f"style_{domain}_{m}_mrstft_reduction_ci95_low: {lo:.1f} %",
+                  f"style_{domain}_{m}_mrstft_reduction_ci95_high: {hi:.1f} %"]
+    return lines
 
 
 def figure_lines(domain: str, result: dict[str, dict[str, float]]) -> list[str]:
@@ -313,13 +388,14 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{args.n} pairs of {args.clip_seconds:g} s, seed {args.seed}, model "
               f"{predictor.path if predictor else '(none)'}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        result = evaluate_pairs(files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
-                                progress=not args.quiet, groups=datasets.groups(corpus, split, added=added),
-                                band_errors=args.band_errors, refine_steps=args.refine, oracle_steps=args.oracle,
-                                oracle_only=[k.strip() for k in args.oracle_only.split(",") if k.strip()],
-                                level_weights=[float(w) for w in args.level_weights.split(",") if w.strip()])
+        rows, clusters = evaluate_pair_rows(
+            files, sr, channels, args.n, args.seed, args.clip_seconds, predictor,
+            progress=not args.quiet, groups=datasets.groups(corpus, split, added=added),
+            band_errors=args.band_errors, refine_steps=args.refine, oracle_steps=args.oracle,
+            oracle_only=[k.strip() for k in args.oracle_only.split(",") if k.strip()],
+            level_weights=[float(w) for w in args.level_weights.split(",") if w.strip()])
         print(f"{domain}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        out += figure_lines(domain, result)
+        out += figure_lines(domain, mean_rows(rows)) + interval_lines(domain, rows, clusters)
     print("\n".join(out))
 
 

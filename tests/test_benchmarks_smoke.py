@@ -34,6 +34,24 @@ def master_speed():
     return _load("master_speed")
 
 
+def test_reduction_interval_resamples_clusters(style_eval):
+    """The interval of ``1 − Σ method / Σ input`` over resampled clusters: a point when every cluster
+    has the same reduction; around the pooled figure and wider with fewer, more different clusters."""
+    inp = [1.0, 2.0, 1.0, 3.0]
+    lo, hi = style_eval.reduction_interval(inp, [0.5 * v for v in inp], ["a", "a", "b", "c"], reps=500)
+    assert lo == pytest.approx(50.0) and hi == pytest.approx(50.0)
+    rng = np.random.default_rng(1)
+    inp = rng.uniform(0.8, 1.2, 40)
+    ratio = np.repeat(rng.uniform(0.3, 0.7, 8), 5)            # 8 clusters of 5 pairs, each its own ratio
+    met = inp * ratio
+    point = 100 * (1 - met.sum() / inp.sum())
+    few = np.repeat([f"t{k}" for k in range(8)], 5).tolist()
+    lo, hi = style_eval.reduction_interval(inp, met, few, reps=1000)
+    assert lo < point < hi and hi - lo > 5.0
+    lo1, hi1 = style_eval.reduction_interval(inp, met, [f"p{k}" for k in range(40)], reps=1000)
+    assert hi1 - lo1 < hi - lo      # pairs treated as independent: narrower (too narrow)
+
+
 def test_style_pairs_on_generated_audio(style_eval):
     res = style_eval.evaluate_pairs(None, 16000, 1, n=2, seed=3, clip_seconds=1.0)
     assert set(res) == {"input", "rule-based"}  # no model given: no model row
@@ -47,6 +65,12 @@ def test_style_pairs_on_generated_audio(style_eval):
     assert len(red) == 1 and red[0].endswith(" %")
     expected = 100 * (1 - res["rule-based"]["mrstft"] / res["input"]["mrstft"])
     assert float(red[0].split()[1]) == pytest.approx(expected, abs=0.05)
+    rows, clusters = style_eval.evaluate_pair_rows(None, 16000, 1, n=2, seed=3, clip_seconds=1.0)
+    assert style_eval.mean_rows(rows) == res and len(clusters) == 2
+    ci = style_eval.interval_lines("speech", rows, clusters)
+    assert ci[0] == "style_speech_pair_clusters: 2 groups"
+    lo, hi = (float(ln.split()[1]) for ln in ci if "rule_based_mrstft_reduction_ci95" in ln)
+    assert lo <= expected + 0.05 and hi >= expected - 0.05
 
 
 def test_style_pair_metrics_zero_for_the_target_itself(style_eval):
