@@ -26,6 +26,9 @@ distance compares whole-recording statistics, :mod:`afxcli.metrics`):
 - ``sce`` |centroid(out) − centroid(ref)| (:func:`afxcli.metrics.spectral_centroid_hz`), Hz;
 - ``crest_error`` |crest(out) − crest(ref)| (sample peak / RMS), dB (``--per-pair-crest``: each
   pair's crest factors, signed);
+- ``<method>_minus_matchering_<metric>`` the mean paired difference of each afx method to
+  Matchering (negative: closer to the reference) with a 95 % bootstrap interval over the pairs
+  (``_ci95_low`` / ``_ci95_high``, :func:`comparison_lines`);
 - ``true_peak_max`` the largest true peak over the pairs (BS.1770-4 Annex 2), dBTP, and
   ``over_ceiling`` how many outputs exceed ``--ceiling`` (afx's ceiling; Matchering has its own
   limiter and no true-peak ceiling, its count is printed for comparison).
@@ -181,6 +184,36 @@ def figure_lines(rows: dict[str, list[dict]], ceiling: float) -> list[str]:
     return lines
 
 
+#: Bootstrap resamples of :func:`comparison_lines`.
+BOOTSTRAP_REPS = 2000
+
+
+def comparison_lines(rows: dict[str, list[dict]], against: str = "matchering", reps: int = BOOTSTRAP_REPS,
+                     seed: int = 0) -> list[str]:
+    """Each afx method's paired difference to ``against`` per metric, ``mean_k (method_k −
+    against_k)`` over the pairs (negative: the afx method is closer to the reference), with a 95 %
+    percentile bootstrap interval over resampled pairs: ``master_<method>_minus_<against>_<metric>``
+    and its ``_ci95_low`` / ``_ci95_high`` lines. With 10 pairs a difference whose interval holds 0
+    is not one this benchmark can tell from chance. Nothing when ``against`` did not run."""
+    if against not in rows or not rows[against]:
+        return []
+    units = {"lufs_error": "LU", "msd": "dB", "sce": "Hz", "crest_error": "dB"}
+    n = len(rows[against])
+    draws = np.random.default_rng(seed).integers(0, n, size=(int(reps), n))
+    lines = []
+    for method, rs in rows.items():
+        if method in ("input", against) or len(rs) != n:
+            continue
+        for metric, unit in units.items():
+            d = np.array([a[metric] - b[metric] for a, b in zip(rs, rows[against])], dtype=np.float64)
+            boot = d[draws].mean(axis=1)
+            lo, hi = np.quantile(boot, [0.025, 0.975])
+            name = f"master_{method}_minus_{against}_{metric}"
+            lines += [f"{name}: {d.mean():.4f} {unit}", f"{name}_ci95_low: {lo:.4f} {unit}",
+                      f"{name}_ci95_high: {hi:.4f} {unit}"]
+    return lines
+
+
 def pair_crest_lines(rows: dict[str, list[dict]]) -> list[str]:
     """Per pair, the crest factor (sample peak / RMS, dB) of the reference and of each method's
     output (``input``: the mix): ``master_pair<k>_<method>_crest: value dB``. The mean
@@ -271,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"crop: {args.max_seconds or 'none'}", file=sys.stderr, flush=True)
         reports: dict[str, list[dict]] = {}
         rows = evaluate(pairs, methods, args.ceiling, work, mpy, progress=True, refine_reports=reports)
-    print("\n".join(figure_lines(rows, args.ceiling) + refine_lines(reports)
+    print("\n".join(figure_lines(rows, args.ceiling) + comparison_lines(rows) + refine_lines(reports)
                     + (pair_crest_lines(rows) if args.per_pair_crest else [])))
     if mpy is None:
         print("master_matchering: not measured (matchering not installed)")

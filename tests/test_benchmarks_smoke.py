@@ -102,6 +102,25 @@ def test_band_shape_errors_see_a_shelf_not_a_gain(style_eval):
     assert {f"band_error_{c:.0f}hz" for c in centers} <= set(m)
 
 
+def test_master_comparison_to_matchering_is_paired(master_eval):
+    """The paired difference and its bootstrap interval: a constant offset gives a point interval;
+    a method closer on some pairs and farther on others has an interval around its mean that holds 0."""
+    keys = ("lufs_error", "msd", "sce", "crest_error")
+    ref = [{k: float(v) for k in keys} for v in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0)]
+    rows = {"input": ref, "matchering": ref,
+            "afx_a": [{k: r[k] - 0.5 for k in keys} for r in ref],
+            "afx_b": [{k: r[k] + s for k in keys} for r, s in zip(ref, (-1, 1, -1, 1, -1, 1))]}
+    lines = dict(ln.split(": ") for ln in master_eval.comparison_lines(rows, reps=500))
+    val = lambda name: float(lines[name].split()[0])  # noqa: E731
+    for suffix in ("", "_ci95_low", "_ci95_high"):
+        assert val(f"master_afx_a_minus_matchering_msd{suffix}") == pytest.approx(-0.5)
+    assert val("master_afx_b_minus_matchering_crest_error") == pytest.approx(0.0)
+    assert val("master_afx_b_minus_matchering_crest_error_ci95_low") < 0 < val("master_afx_b_minus_matchering_crest_error_ci95_high")
+    assert lines["master_afx_a_minus_matchering_sce"].endswith(" Hz")
+    assert not any("input_minus" in k for k in lines)
+    assert master_eval.comparison_lines({"input": ref, "afx_a": ref}) == []
+
+
 def test_master_distances_of_a_gain(master_eval):
     from afxcli.train.data import music_like
 
