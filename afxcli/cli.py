@@ -501,19 +501,25 @@ def master(
             ctx.finish_reference()
     table = Table(title=f"afx master ({ctx.method}; target {ctx.target_lufs:.1f} LUFS from {ctx.target_source}, "
                         f"ceiling {ctx.ceiling:.1f} dBTP)")
-    for col in ("file", "in LUFS", "out LUFS", "out dBTP", "in crest", "out crest", "refine gain", "status"):
-        table.add_column(col, justify="left" if col in ("file", "status") else "right")
+    cols = ["output", "in LUFS", "out LUFS", "out dBTP", "in crest", "out crest"]
+    cols += ["refine gain"] if ctx.refine_steps else []
+    for col in cols + ["status"]:
+        if col == "output":   # the whole path, wrapped when long, never cut
+            table.add_column(col, justify="left", overflow="fold", min_width=12)
+        else:
+            table.add_column(col, justify="left" if col == "status" else "right", no_wrap=True)
     for inp, res in zip(files, results):
         if res is None:
-            table.add_row(str(inp), "", "", "", "", "", "", "failed")
+            table.add_row(str(inp), *[""] * (len(cols) - 1), "failed")
             continue
         r = res.report
-        ref_gain = r["refine"]["gain_db"] if r.get("refine") else None
         fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
         status = "ok" if r["loudness"]["reached"] else "target missed"
-        table.add_row(str(res.output), fmt(r["input"]["lufs"]), fmt(r["output"]["lufs"]),
-                      fmt(r["output"]["true_peak_dbtp"]), fmt(r["input"]["crest_db"]), fmt(r["output"]["crest_db"]),
-                      fmt(ref_gain), status)
+        cells = [str(res.output), fmt(r["input"]["lufs"]), fmt(r["output"]["lufs"]),
+                 fmt(r["output"]["true_peak_dbtp"]), fmt(r["input"]["crest_db"]), fmt(r["output"]["crest_db"])]
+        if ctx.refine_steps:
+            cells.append(fmt(r["refine"]["gain_db"] if r.get("refine") else None))
+        table.add_row(*cells, status)
         for n in res.notes:
             note(f"{res.input}: {n}")
     if not STATE.quiet:

@@ -222,6 +222,7 @@ def test_master_cli_preset_target_and_refine(tmp_path, capsys):
     rc = main(["master", str(inp), "--ref", str(ref), "--method", "rule-based", "--preset", "podcast",
                "--refine", "3", "-o", str(out), "--report", str(rep)])
     assert rc == 0, capsys.readouterr().err
+    assert "refine" in capsys.readouterr().err   # the table's refine gain column
     r = json.loads(rep.read_text())
     assert r["target_lufs"] == -16.0 and abs(r["output"]["lufs"] + 16.0) <= 0.1
     assert r["refine"]["steps"] == 3 and r["refine"]["feature_distance_before_db"] > 0
@@ -240,6 +241,8 @@ def test_master_cli_batch_with_a_bad_file(tmp_path, capsys):
     assert rc != 0
     assert "bad.wav" in err and "Traceback" not in err
     assert sorted(p.name for p in outd.iterdir()) == ["one_master.wav", "two_master.wav"]
+    # the summary table: long paths wrapped, never cut short; no refine column without --refine
+    assert "…" not in err and "refine gain" not in err and err.count("failed") >= 1
     for p in outd.iterdir():
         y, sr = sf.read(str(p), always_2d=True)
         assert abs(lufs(y.T, sr) + 12.0) <= 0.1
