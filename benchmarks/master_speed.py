@@ -128,16 +128,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--static", action="store_true", help="afx master --static (one setting, no automation)")
     p.add_argument("--afx", default=str(ROOT / ".venv" / "bin" / "afx"))
     p.add_argument("--matchering-python", default=DEFAULT_MATCHERING_PYTHON)
+    p.add_argument("--input", default=None,
+                   help="time this file instead of the concatenated validation mixes (its first --seconds)")
+    p.add_argument("--reference", default=None,
+                   help="with --input: this reference (its first --ref-seconds) instead of the validation track")
     args = p.parse_args(argv)
     if args.runs < 1:
         raise SystemExit("--runs must be >= 1")
+    if args.reference and not args.input:
+        raise SystemExit("--reference goes with --input")
 
     from afxcli.audio import write_audio
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="afx-master-speed-") as tmp:
         d = Path(tmp)
-        x, ref = corpus_audio(args.seconds)
+        x, ref = corpus_audio(args.seconds) if not args.input else given_audio(args.input, args.reference, args.seconds)
         ref = ref[:, :int(args.ref_seconds * SAMPLE_RATE)]
         inp, refp = d / "input.wav", d / "reference.wav"
         write_audio(inp, x, SAMPLE_RATE)
@@ -176,6 +182,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"load_average_before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     print(f"load_average_after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     print(f"cpu_count: {os.cpu_count()}")
+    print(f"cpu_model: {cpu_model()}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere): the figures
+    depend on it — pedalboard's true-peak limiter, most of afx's time, ran 2.2 s per 180 s of
+    stereo on one machine of this workplace and about half that on another."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def given_audio(input_path: str, reference_path: str | None, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(input, reference)`` float32 ``(channels, samples)`` at 44.1 kHz from files: the input's first
+    ``seconds`` (a shorter file stays as it is), the reference (or, without one, the first
+    validation track as :func:`corpus_audio` takes it)."""
+    from afxcli.audio import read_audio, resample
+    from afxcli.train.data import to_channels
+
+    def load(path: str) -> np.ndarray:
+        a, sr = read_audio(path)
+        return to_channels(resample(a, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else a, 2)
+
+    x = load(input_path)[:, :int(seconds * SAMPLE_RATE)]
+    ref = load(reference_path) if reference_path else corpus_audio(1.0)[1]
+    return x, ref
 
 
 if __name__ == "__main__":

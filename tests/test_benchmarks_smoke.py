@@ -253,3 +253,15 @@ def test_style_eval_knows_which_models_saw_the_added_sources(style_eval):
     seen = lambda data: style_eval.trained_on_added_sources(SimpleNamespace(config={"data": data}))  # noqa: E731
     assert seen({"added_sources": True})
     assert not seen({"added_sources": False}) and not seen({}) and not seen(None)
+
+
+def test_master_speed_given_files_and_cpu_model(master_speed, tmp_path):
+    from afxcli.audio import write_audio
+    from afxcli.train.data import music_like
+
+    rng = np.random.default_rng(2)
+    write_audio(tmp_path / "in.wav", music_like(rng, 22050, 22050 * 3, 1), 22050)
+    write_audio(tmp_path / "ref.wav", music_like(rng, 44100, 44100 * 2, 2), 44100)
+    x, ref = master_speed.given_audio(str(tmp_path / "in.wav"), str(tmp_path / "ref.wav"), 2.0)
+    assert x.shape == (2, 2 * 44100) and ref.shape == (2, 2 * 44100)   # resampled, 2 ch, cut to 2 s
+    assert isinstance(master_speed.cpu_model(), str) and master_speed.cpu_model()
