@@ -1,9 +1,11 @@
 """Mastering against a real reference: afx (rule-based and/or model) next to Matchering, one run.
 
-Pairs (``--n``, default 10, all distinct): pair ``k`` is the unmastered mix ``k mod 9`` of the
-``music_multitrack`` validation split (the stems summed, as the corpus builds it) and the real
-mastered track ``k mod 7`` of the ``music_mastered`` validation split as the reference (different
-songs: the reference only gives the production target). ``--max-seconds`` crops both to their first
+Pairs (``--n``, default 10, all distinct): pair ``k`` is the unmastered mix ``k mod M`` of the
+``music_multitrack`` validation split's ``M`` mixes (sorted by path; the stems summed, as the
+corpus builds it) and the real mastered track ``k mod R`` of the ``music_mastered`` validation
+split's ``R`` tracks (7) as the reference (different songs: the reference only gives the
+production target). ``M`` depends on the corpus build: the split is drawn over every piece
+built (``scripts/data/README.md``), so a partial build has other validation mixes. ``--max-seconds`` crops both to their first
 seconds (speed); the default uses whole files.
 
 Methods, each writing a mastered file per pair: ``input`` (the mix itself, for scale), ``afx_rule_based``
