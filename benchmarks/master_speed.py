@@ -131,12 +131,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--input", default=None,
                    help="time this file instead of the concatenated validation mixes (its first --seconds)")
     p.add_argument("--reference", default=None,
-                   help="with --input: this reference (its first --ref-seconds) instead of the validation track")
+                   help="with --input (needed there): its reference (the first --ref-seconds)")
     args = p.parse_args(argv)
     if args.runs < 1:
         raise SystemExit("--runs must be >= 1")
-    if args.reference and not args.input:
-        raise SystemExit("--reference goes with --input")
+    if bool(args.reference) != bool(args.input):
+        raise SystemExit("--input and --reference go together")
 
     from afxcli.audio import write_audio
 
@@ -200,10 +200,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def given_audio(input_path: str, reference_path: str | None, seconds: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(input, reference)`` float32 ``(channels, samples)`` at 44.1 kHz from files: the input's first
-    ``seconds`` (a shorter file stays as it is), the reference (or, without one, the first
-    validation track as :func:`corpus_audio` takes it)."""
+def given_audio(input_path: str, reference_path: str, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(input, reference)`` float32 ``(channels, samples)`` at 44.1 kHz (stereo) from files: the
+    input's first ``seconds`` (a shorter file stays as it is) and the reference."""
     from afxcli.audio import read_audio, resample
     from afxcli.train.data import to_channels
 
@@ -211,9 +210,7 @@ def given_audio(input_path: str, reference_path: str | None, seconds: float) -> 
         a, sr = read_audio(path)
         return to_channels(resample(a, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else a, 2)
 
-    x = load(input_path)[:, :int(seconds * SAMPLE_RATE)]
-    ref = load(reference_path) if reference_path else corpus_audio(1.0)[1]
-    return x, ref
+    return load(input_path)[:, :int(seconds * SAMPLE_RATE)], load(reference_path)
 
 
 if __name__ == "__main__":

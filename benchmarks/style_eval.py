@@ -223,16 +223,11 @@ def evaluate_pair_rows(files: Sequence[Path] | None, sample_rate: int, channels:
             rows["oracle"] = []
         for w in level_weights:
             rows[f"model_level_w{w:g}"] = []
-    group_of: dict[str, str] = {}
-    if files is not None and groups is not None:
-        for f, g in zip(files, groups):
-            group_of[Path(f).name] = str(g)
     clusters: list[str] = []
     t0 = time.perf_counter()
     for k in range(n):
         item = ds[k]
-        first = str(item["name"]).split("+")[0].split("@")[0]
-        clusters.append(group_of.get(first, str(item["name"])))
+        clusters.append(str(item["group"]))
         x, ref, target = (item[key].numpy().astype(np.float32) for key in ("input", "reference", "target"))
         rows["input"].append(pair_metrics(x, target, sample_rate, band_errors))
         if band_errors:   # the reference itself: what an exact long-term spectrum match would leave

@@ -95,6 +95,28 @@ def test_pair_halves_never_share_content(tmp_path):
     assert torch.equal(ds[5]["target"], ds[5]["target"])
 
 
+def test_items_carry_the_group_of_their_first_file(tmp_path):
+    """``group`` is the group of the clip's first file (what style_eval's intervals resample), also
+    with two files of one name in different folders; without groups it is the clip's name."""
+    n = 8192
+    t = np.arange(2 * n) / SR
+    files = []
+    for folder, hz in (("a", 300), ("b", 900)):
+        (tmp_path / folder).mkdir()
+        files.append(tmp_path / folder / "same.wav")
+        sf.write(files[-1], (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32), SR)
+    ds = StylePairDataset(files, STYLE_CHAIN, SR, n, items_per_epoch=8, seed=1, groups=["ga", "gb"])
+    seen = set()
+    for k in range(8):
+        item = ds[k]
+        low = _dominant_hz(item["input"]) < 600   # the 300 Hz file is group ga (under any style)
+        assert item["group"] == ("ga" if low else "gb")
+        seen.add(item["group"])
+    assert seen == {"ga", "gb"}
+    plain = StylePairDataset(files, STYLE_CHAIN, SR, n, items_per_epoch=2, seed=1)
+    assert plain[0]["group"] == plain[0]["name"]
+
+
 def test_change_speed_moves_pitch_and_keeps_length():
     """A tape-speed change by f moves a tone from F to f·F and returns exactly ``samples``."""
     from afxcli.train.style import change_speed

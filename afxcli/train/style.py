@@ -291,7 +291,8 @@ class StylePairDataset(ClipDataset):
     torch twins in exact mode (no grad), each peak-normalized to ``peak_db``; then :func:`make_pair`
     with a random half. Returns float32 tensors ``input``, ``reference``, ``target``
     ``(channels, clip_samples // 2)``, ``input_half`` (0/1), the styles' normalized parameters
-    ``q_input``, ``q_reference`` ``(n_free,)`` and ``name``.
+    ``q_input``, ``q_reference`` ``(n_free,)``, ``name`` (the clip's files joined by ``+``) and
+    ``group`` (the group of its first file; its ``name`` without ``groups``).
 
     ``files``: audio paths (None: generated :func:`~afxcli.train.data.music_like` clips).
     ``match_eq``: ``"third"``/``"octave"`` — the ``input`` is returned *after* the matched graphic
@@ -335,6 +336,7 @@ class StylePairDataset(ClipDataset):
         self.store = store
         # files of the same group (speaker, track): a short file is continued within its group
         self._same_group: list[np.ndarray] | None = None
+        self._groups: list[str] | None = None if groups is None else [str(g) for g in groups]
         if groups is not None:
             if self.files is None or len(groups) != len(self.files):
                 raise AfxError("style data: one group per file is needed")
@@ -350,7 +352,8 @@ class StylePairDataset(ClipDataset):
                                f"{store.channels} ch, not {self.sample_rate} Hz, {self.channels} ch")
 
     def _file_clip(self, epoch: int, position: int, rng: np.random.Generator,
-                   clip: int | None = None) -> tuple[np.ndarray, str]:
+                   clip: int | None = None) -> tuple[np.ndarray, str, int]:
+        """``(clip, names of its files joined by +, index of its first file)``."""
         order = self.epoch_order(epoch, len(self.files))
         idx = int(order[position % len(self.files)])
         clip = self.clip_samples if clip is None else int(clip)
@@ -380,19 +383,22 @@ class StylePairDataset(ClipDataset):
             e = [float(np.mean(x[:, s].astype(np.float64) ** 2)) for s in (slice(0, h), slice(h, None))]
             if min(e) > self.min_energy:
                 break
-        return x, "+".join(names)
+        return x, "+".join(names), idx
 
     def make_item(self, epoch: int, position: int, rng: np.random.Generator) -> dict:
+        first = None
         if self.files is None:
             x, name = music_like(rng, self.sample_rate, self.clip_samples, self.channels), f"generated/{epoch}/{position}"
         elif self.speed_range is not None:
             f = float(np.exp(rng.uniform(math.log(self.speed_range[0]), math.log(self.speed_range[1]))))
             f = round(f * 200.0) / 200.0   # a ratio of small integers keeps the polyphase filter short
-            x, name = self._file_clip(epoch, position, rng, int(math.ceil(self.clip_samples * f)))
+            x, name, first = self._file_clip(epoch, position, rng, int(math.ceil(self.clip_samples * f)))
             x = change_speed(x, f, self.clip_samples)
             name = f"{name}@x{f:.3f}"
         else:
-            x, name = self._file_clip(epoch, position, rng)
+            x, name, first = self._file_clip(epoch, position, rng)
+        # the group (speaker, track) of the clip's first file; the clip's name without groups
+        group = self._groups[first] if self._groups is not None and first is not None else name
         x = peak_normalize(x.astype(np.float32), self.peak_db)
         q = style_to_q(self.chain, random_style(rng, self.keys, 2, self.bypass_probability))
         with torch.no_grad():
@@ -409,7 +415,7 @@ class StylePairDataset(ClipDataset):
                                        smoothness=self.match_eq_smoothness)
             item["unmatched_input"] = item["input"]
             item["input"] = torch.from_numpy(apply_matched_geq(xi, self.sample_rate, gains, self.match_eq))
-        item.update({"q_input": q[0], "q_reference": q[1], "name": name})
+        item.update({"q_input": q[0], "q_reference": q[1], "name": name, "group": group})
         return item
 
 
