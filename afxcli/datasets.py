@@ -50,6 +50,10 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 SPLIT_RULE = ("groups (track or speaker) in ascending SHA-1 order go to validation while the "
               "validation duration stays <= val_fraction of the total; the rest is training")
+#: The ``"hash"`` rule of :func:`assign_splits`: each group on its own, whatever else is built.
+HASH_SPLIT_RULE = ("a group (track or work) goes to validation when the SHA-1 fraction of its name "
+                   "is below val_fraction, independently of every other group; the rest is training")
+SPLIT_RULES = {"budget": SPLIT_RULE, "hash": HASH_SPLIT_RULE}
 
 
 def cache_dir() -> Path:
@@ -82,10 +86,17 @@ def group_fraction(group: str) -> float:
     return int.from_bytes(hashlib.sha1(group.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
 
 
-def assign_splits(items: list[dict], val_fraction: float = DEFAULT_VAL_FRACTION) -> list[dict]:
+def assign_splits(items: list[dict], val_fraction: float = DEFAULT_VAL_FRACTION,
+                  rule: str = "budget") -> list[dict]:
     """Set ``item["split"]`` to ``"train"`` or ``"val"`` by group, in place; returns ``items``.
 
-    Each item needs ``"group"`` and ``"duration_s"``. Groups are visited in ascending
+    ``rule="hash"``: a group is validation when its :func:`group_fraction` is below
+    ``val_fraction`` (and it has no ``"train_only"`` item). Each group's split depends on its name
+    alone, so a partial build (``--limit``, a piece that failed or timed out on a slower machine)
+    splits every piece it has exactly as the full build does; the validation share is
+    ``val_fraction`` of the groups on average, not of the audio.
+
+    ``rule="budget"`` (default): each item needs ``"group"`` and ``"duration_s"``. Groups are visited in ascending
     :func:`group_fraction` order (ties by name); a group joins validation when the validation
     duration plus the group's duration stays ``<= val_fraction * total``. So every group is
     entirely on one side, the validation share is at most ``val_fraction`` (close to it when
@@ -95,8 +106,18 @@ def assign_splits(items: list[dict], val_fraction: float = DEFAULT_VAL_FRACTION)
     """
     if not 0 <= val_fraction < 1:
         raise AfxError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    durations: dict[str, float] = {}
+    if rule not in SPLIT_RULES:
+        raise AfxError(f"split rule must be one of {sorted(SPLIT_RULES)}, got {rule!r}")
     train_only = {str(item.get("group")) for item in items if item.get("train_only")}
+    if rule == "hash":
+        for item in items:
+            if "group" not in item:
+                raise AfxError(f"manifest item without a group: {item!r}")
+            group = str(item["group"])
+            item["split"] = ("val" if group not in train_only and group_fraction(group) < val_fraction
+                             else "train")
+        return items
+    durations: dict[str, float] = {}
     for item in items:
         try:
             group, dur = str(item["group"]), float(item["duration_s"])
@@ -117,13 +138,15 @@ def assign_splits(items: list[dict], val_fraction: float = DEFAULT_VAL_FRACTION)
 
 
 def write_manifest(directory: str | Path, name: str, items: list[dict],
-                   val_fraction: float = DEFAULT_VAL_FRACTION, extra: dict | None = None) -> Path:
-    """Assign splits and write ``directory/manifest.json`` atomically (items sorted by file)."""
+                   val_fraction: float = DEFAULT_VAL_FRACTION, extra: dict | None = None,
+                   rule: str = "budget") -> Path:
+    """Assign splits (:func:`assign_splits` by ``rule``) and write ``directory/manifest.json``
+    atomically (items sorted by file)."""
     directory = Path(directory)
     items = sorted(items, key=lambda it: it["file"])
-    assign_splits(items, val_fraction)
+    assign_splits(items, val_fraction, rule)
     doc = {"format": MANIFEST_FORMAT, "corpus": name, "val_fraction": val_fraction,
-           "split_rule": SPLIT_RULE, **(extra or {}), "items": items}
+           "split_rule": SPLIT_RULES[rule], **(extra or {}), "items": items}
     path = directory / MANIFEST_NAME
     write_text_atomic(path, json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
     return path

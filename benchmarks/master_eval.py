@@ -1,12 +1,13 @@
 """Mastering against a real reference: afx (rule-based and/or model) next to Matchering, one run.
 
-Pairs (``--n``, default 10, all distinct): pair ``k`` is the unmastered mix ``k mod M`` of the
-``music_multitrack`` validation split's ``M`` mixes (sorted by path; the stems summed, as the
-corpus builds it) and the real mastered track ``k mod R`` of the ``music_mastered`` validation
-split's ``R`` tracks (7) as the reference (different songs: the reference only gives the
-production target). ``M`` depends on the corpus build: the split is drawn over every piece
-built (``scripts/data/README.md``), so a partial build has other validation mixes. ``--max-seconds`` crops both to their first
-seconds (speed); the default uses whole files.
+Pairs (``--n``, default 10, all distinct): the ``music_multitrack`` validation split's ``M`` mixes
+(sorted by path; the stems summed, as the corpus builds it), thinned to ``n`` evenly spread ones
+(mix ``floor(k M / n)``) when ``n < M`` so that every source is in; pair ``k`` is mix ``k mod M``
+and the real mastered track ``k mod R`` of the ``music_mastered`` validation split's ``R`` tracks
+(7) as the reference (different songs: the reference only gives the production target). The
+multitrack split goes by each work's name alone (``scripts/data/README.md``): a partial build has
+a subset of the full build's validation mixes, so ``n`` spread over fewer of them gives other
+pairs. ``--max-seconds`` crops both to their first seconds (speed); the default uses whole files.
 
 Methods, each writing a mastered file per pair: ``input`` (the mix itself, for scale), ``afx_rule_based``
 (``afx master --method rule-based``, DeepAFx-ST §3.3 baseline + afx's loudness stage and true-peak
@@ -252,6 +253,8 @@ def validation_pairs(n: int) -> list[tuple[Path, Path]]:
         raise SystemExit("empty validation split: build the corpora (scripts/data/README.md)")
     if n > len(mixes) * len(refs):
         raise SystemExit(f"at most {len(mixes) * len(refs)} distinct pairs")
+    if n < len(mixes):   # evenly spread over the sorted mixes: every source, not the first one's pieces
+        mixes = [mixes[k * len(mixes) // n] for k in range(n)]
     # (k mod M, k mod R) repeats only after lcm(M, R) pairs; fall back to a plain product order then
     pairs = [(mixes[k % len(mixes)], refs[k % len(refs)]) for k in range(n)]
     if len(set(pairs)) < n:

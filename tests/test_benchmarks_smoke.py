@@ -121,6 +121,21 @@ def test_master_comparison_to_matchering_is_paired(master_eval):
     assert master_eval.comparison_lines({"input": ref, "afx_a": ref}) == []
 
 
+def test_master_validation_pairs_spread_over_every_source(master_eval, monkeypatch):
+    from afxcli import datasets
+
+    mixes = ([f"a/{k:02d}.flac" for k in range(12)] + [f"b/{k:02d}.flac" for k in range(6)]
+             + [f"c/{k:02d}.flac" for k in range(2)])
+    refs = [f"r{k}.flac" for k in range(7)]
+    monkeypatch.setattr(datasets, "files", lambda name, split: mixes if name == "music_multitrack" else refs)
+    pairs = master_eval.validation_pairs(10)
+    assert len(set(pairs)) == 10 and len({m for m, _ in pairs}) == 10
+    assert {m.split("/")[0] for m, _ in pairs} == {"a", "b", "c"}   # not the first 10 of source a
+    assert [r for _, r in pairs[:7]] == refs
+    many = master_eval.validation_pairs(30)       # more pairs than mixes: every mix, references cycle
+    assert len(set(many)) == 30 and {m for m, _ in many} == set(mixes)
+
+
 def test_master_distances_of_a_gain(master_eval):
     from afxcli.train.data import music_like
 

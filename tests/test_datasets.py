@@ -118,6 +118,31 @@ def test_train_only_sources_leave_the_validation_set_unchanged():
     assert any(it["split"] == "val" for it in plain if it["group"].startswith("added"))
 
 
+def test_hash_split_of_a_partial_build_agrees_with_the_full_build():
+    full = _items({f"work{g:03d}": [float(g % 9 + 1)] * (g % 3 + 1) for g in range(300)})
+    datasets.assign_splits(full, 0.1, rule="hash")
+    by_file = {it["file"]: it["split"] for it in full}
+    val_groups = {it["group"] for it in full if it["split"] == "val"}
+    assert 15 <= len(val_groups) <= 45            # about 10 % of 300 groups
+    assert all(datasets.group_fraction(g) < 0.1 for g in val_groups)
+    # a partial build (every third item missing, other durations): the same split for what it has
+    part = [dict(it, duration_s=it["duration_s"] * 3) for i, it in enumerate(full) if i % 3]
+    datasets.assign_splits(part, 0.1, rule="hash")
+    assert {it["file"]: it["split"] for it in part} == {f: by_file[f] for f in (it["file"] for it in part)}
+    # under the budget rule the same partial build moves groups
+    budget_full, budget_part = [dict(it) for it in full], [dict(it) for it in part]
+    datasets.assign_splits(budget_full, 0.1)
+    datasets.assign_splits(budget_part, 0.1)
+    full_splits = {it["file"]: it["split"] for it in budget_full}
+    assert any(full_splits[it["file"]] != it["split"] for it in budget_part)
+    # train-only groups stay in training; unknown rules are refused
+    marked = [dict(it, train_only=True) for it in full if it["group"] in val_groups][:3]
+    datasets.assign_splits(marked, 0.1, rule="hash")
+    assert all(it["split"] == "train" for it in marked)
+    with pytest.raises(AfxError):
+        datasets.assign_splits(full, 0.1, rule="random")
+
+
 def test_manifest_roundtrip_and_files(cache):
     _fake_corpus(cache)
     items = datasets.load_manifest("speech")

@@ -20,6 +20,9 @@ kept; parts that an exporter put on one shared channel first get channels of the
 whole piece puts the mix peak at −1 dBFS; stems are quantized to 16 bit (``--bits 24`` for
 24) and ``mix.flac`` is their exact sum. Trailing silence (every stem below −80 dBFS) is trimmed.
 
+Split: by work name alone (``afxcli.datasets.assign_splits`` ``rule="hash"``), so a partial build
+splits each piece it has as the full build does.
+
 Layout: ``<source>/<piece>/{ch00.flac, ch01.flac, ..., mix.flac, piece.mid, piece.json}``.
 Usage: python scripts/data/build_music_multitrack.py [--limit N] [--max-piece-s 90]
 Idempotent and resumable: a piece with a ``piece.json`` is done and skipped.
@@ -255,7 +258,7 @@ def main() -> None:
 def _manifest(out: Path, items: dict, val_fraction: float, sf_version: str, sf_license: str,
               max_s: float) -> None:
     present = [v for k, v in items.items() if (out / k).is_file()]
-    datasets.write_manifest(out, NAME, present, val_fraction, extra={
+    datasets.write_manifest(out, NAME, present, val_fraction, rule="hash", extra={
         "renderer": {"synth": "fluidsynth (reverb and chorus off)",
                      "soundfont": f"fluid-soundfont-gm {sf_version} FluidR3_GM.sf2",
                      "soundfont_license": sf_license, "sample_rate": SAMPLE_RATE,
