@@ -17,7 +17,11 @@ into automation), ``afx_model_refine`` (``--static --refine N`` with ``--refine 
 setting, then N gradient steps against the reference's features; its mean feature-distance gain
 as the refinement itself measures it is printed too), ``matchering`` (the ``matchering`` package, run in a
 subprocess of a separate venv, ``--matchering-python``, default ``/tmp/bench-venv/bin/python``; set
-it up with ``python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install matchering``).
+it up with ``python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install matchering``),
+``matchering_leveled`` (Matchering's output through afx's loudness stage: gain and true-peak
+limiter onto the reference's loudness under ``--ceiling``, :func:`afxcli.tasks.loudness.match_loudness`;
+Matchering lands neither on the reference's loudness nor under the ceiling, and both move the
+crest factor: this row compares the processing at equal loudness and ceiling).
 
 Metrics to the reference (means over pairs; output and reference are different songs, so every
 distance compares whole-recording statistics, :mod:`afxcli.metrics`):
@@ -31,7 +35,8 @@ distance compares whole-recording statistics, :mod:`afxcli.metrics`):
   pair's crest factors, signed);
 - ``<method>_minus_matchering_<metric>`` the mean paired difference of each afx method to
   Matchering (negative: closer to the reference) with a 95 % bootstrap interval over the pairs
-  (``_ci95_low`` / ``_ci95_high``, :func:`comparison_lines`);
+  (``_ci95_low`` / ``_ci95_high``, :func:`comparison_lines`), and ``<method>_minus_matchering_leveled_<metric>``
+  the same against ``matchering_leveled``;
 - ``true_peak_max`` the largest true peak over the pairs (BS.1770-4 Annex 2), dBTP, and
   ``over_ceiling`` how many outputs exceed ``--ceiling`` (afx's ceiling; Matchering has its own
   limiter and no true-peak ceiling, its count is printed for comparison).
@@ -135,6 +140,7 @@ def evaluate(pairs: Sequence[tuple[Path, Path]], methods: dict, ceiling: float, 
     method's per-pair refinement reports (the ``refine`` entry of the JSON report), when it refines.
     """
     from afxcli.audio import read_audio
+    from afxcli.tasks.loudness import match_loudness
     from afxcli.tasks.master import MasterContext, master_file
 
     rows: dict[str, list[dict]] = {"input": [], **{m: [] for m in methods}}
@@ -164,10 +170,12 @@ def evaluate(pairs: Sequence[tuple[Path, Path]], methods: dict, ceiling: float, 
         run_matchering(matchering_python, jobs)
         if progress:
             print(f"  matchering: {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
-        rows["matchering"] = []
+        rows["matchering"], rows["matchering_leveled"] = [], []
         for (_, _, out), rs in zip(jobs, ref_stats):
             y, y_sr = read_audio(out)
             rows["matchering"].append(distances(recording_stats(y, y_sr), rs))
+            leveled = match_loudness(y, y_sr, rs["lufs"], ceiling).audio
+            rows["matchering_leveled"].append(distances(recording_stats(leveled, y_sr), rs))
     return rows
 
 
@@ -205,7 +213,7 @@ def comparison_lines(rows: dict[str, list[dict]], against: str = "matchering", r
     draws = np.random.default_rng(seed).integers(0, n, size=(int(reps), n))
     lines = []
     for method, rs in rows.items():
-        if method in ("input", against) or len(rs) != n:
+        if not method.startswith("afx_") or len(rs) != n:
             continue
         for metric, unit in units.items():
             d = np.array([a[metric] - b[metric] for a, b in zip(rs, rows[against])], dtype=np.float64)
@@ -309,7 +317,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"crop: {args.max_seconds or 'none'}", file=sys.stderr, flush=True)
         reports: dict[str, list[dict]] = {}
         rows = evaluate(pairs, methods, args.ceiling, work, mpy, progress=True, refine_reports=reports)
-    print("\n".join(figure_lines(rows, args.ceiling) + comparison_lines(rows) + refine_lines(reports)
+    print("\n".join(figure_lines(rows, args.ceiling) + comparison_lines(rows)
+                    + comparison_lines(rows, against="matchering_leveled") + refine_lines(reports)
                     + (pair_crest_lines(rows) if args.per_pair_crest else [])))
     if mpy is None:
         print("master_matchering: not measured (matchering not installed)")

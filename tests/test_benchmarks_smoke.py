@@ -119,6 +119,12 @@ def test_master_comparison_to_matchering_is_paired(master_eval):
     assert lines["master_afx_a_minus_matchering_sce"].endswith(" Hz")
     assert not any("input_minus" in k for k in lines)
     assert master_eval.comparison_lines({"input": ref, "afx_a": ref}) == []
+    # against the leveled Matchering row: afx methods only, not Matchering as it ships
+    lev = dict(ln.split(": ") for ln in master_eval.comparison_lines(
+        {**rows, "matchering_leveled": [{k: r[k] + 1.0 for k in keys} for r in ref]},
+        against="matchering_leveled", reps=200))
+    assert float(lev["master_afx_a_minus_matchering_leveled_msd"].split()[0]) == pytest.approx(-1.5)
+    assert not any(k.startswith("master_matchering") for k in lev)
 
 
 def test_master_validation_pairs_spread_over_every_source(master_eval, monkeypatch):
