@@ -85,12 +85,20 @@ def measure(cmd: Sequence[str], env: dict | None = None) -> tuple[float, float]:
     return float(wall), maxrss_kib * 1024 / 1e6
 
 
+def load_audio(path: str | Path, channels: int = 2) -> np.ndarray:
+    """A file as float32 ``(channels, samples)`` at 44.1 kHz."""
+    from afxcli.audio import read_audio, resample
+    from afxcli.train.data import to_channels
+
+    a, sr = read_audio(path)
+    return to_channels(resample(a, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else a, channels)
+
+
 def corpus_audio(seconds: float, channels: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """``(input, reference)`` float32 ``(channels, samples)`` at 44.1 kHz: concatenated validation
     mixes (``seconds`` long) and a mastered validation excerpt (generated when not built)."""
-    from afxcli.audio import read_audio, resample
     from afxcli.errors import AfxError
-    from afxcli.train.data import music_like, to_channels
+    from afxcli.train.data import music_like
 
     n = int(seconds * SAMPLE_RATE)
     try:
@@ -104,18 +112,14 @@ def corpus_audio(seconds: float, channels: int = 2) -> tuple[np.ndarray, np.ndar
         rng = np.random.default_rng(0)
         return music_like(rng, SAMPLE_RATE, n, channels), music_like(rng, SAMPLE_RATE, n, channels)
 
-    def load(path: Path) -> np.ndarray:
-        a, sr = read_audio(path)
-        return to_channels(resample(a, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else a, channels)
-
     parts, total = [], 0
     while total < n:
         for m in mixes:
-            parts.append(load(m))
+            parts.append(load_audio(m, channels))
             total += parts[-1].shape[1]
             if total >= n:
                 break
-    return np.concatenate(parts, axis=1)[:, :n], load(refs[0])
+    return np.concatenate(parts, axis=1)[:, :n], load_audio(refs[0], channels)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -203,14 +207,7 @@ def cpu_model() -> str:
 def given_audio(input_path: str, reference_path: str, seconds: float) -> tuple[np.ndarray, np.ndarray]:
     """``(input, reference)`` float32 ``(channels, samples)`` at 44.1 kHz (stereo) from files: the
     input's first ``seconds`` (a shorter file stays as it is) and the reference."""
-    from afxcli.audio import read_audio, resample
-    from afxcli.train.data import to_channels
-
-    def load(path: str) -> np.ndarray:
-        a, sr = read_audio(path)
-        return to_channels(resample(a, sr, SAMPLE_RATE) if sr != SAMPLE_RATE else a, 2)
-
-    return load(input_path)[:, :int(seconds * SAMPLE_RATE)], load(reference_path)
+    return load_audio(input_path)[:, :int(seconds * SAMPLE_RATE)], load_audio(reference_path)
 
 
 if __name__ == "__main__":

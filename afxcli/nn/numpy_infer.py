@@ -25,6 +25,7 @@ each window on its own up to float64 round-off (tests compare against the torch 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -42,7 +43,15 @@ WINDOW_BATCH = 16
 
 
 def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
+    """Hex SHA-256 of a file's bytes (remembered per resolved path, size and modification time:
+    a model file is identified several times while loading, once by an adaptive preset's lookup)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _sha256_cached(str(p), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
